@@ -1,0 +1,57 @@
+"""The one error hierarchy of faster-dia.
+
+Library code raises these; the command line prints their message on one line and the server maps each
+class to an HTTP status and the OpenAI error body.
+"""
+
+from __future__ import annotations
+
+
+class FasterDiaError(Exception):
+    """Base class of every error faster-dia raises on purpose."""
+
+    #: OpenAI-style error type, used by the server.
+    error_type = "server_error"
+    #: HTTP status the server answers with.
+    http_status = 500
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class InvalidInputError(FasterDiaError, ValueError):
+    """Something the user gave (a script, a parameter, an audio prompt) cannot be used."""
+
+    error_type = "invalid_request_error"
+    http_status = 400
+
+
+class ModelNotFoundError(FasterDiaError, FileNotFoundError):
+    """A model or codec cannot be found locally or in the Hub cache."""
+
+    error_type = "invalid_request_error"
+    http_status = 404
+
+
+class CheckpointError(FasterDiaError):
+    """A checkpoint exists but its files do not match any supported layout."""
+
+    error_type = "server_error"
+    http_status = 500
+
+
+class OverloadedError(FasterDiaError):
+    """The request queue is full."""
+
+    error_type = "server_error"
+    http_status = 503
+
+
+class CancelledError(FasterDiaError):
+    """A request was cancelled before it finished."""
+
+    error_type = "server_error"
+    http_status = 499

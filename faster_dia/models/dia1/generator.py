@@ -1,0 +1,302 @@
+"""Step-by-step generation for Dia-1.6B over a fixed set of batch slots.
+
+The contract (docs/ARCHITECTURE.md, "Generator"): ``prepare(request)`` claims a slot, encodes the text,
+fills the slot's cross-attention cache and prefills the voice prompt; ``step(states)`` advances every given
+request by one decoder position in one batched call; ``finish(state)`` returns the request's codes and frees
+its slot. Requests in different slots may sit at different positions, have different text and prompt lengths
+and different sampling parameters, and join or leave between any two steps.
+
+Per step the host learns only which requests finished (one small device-to-host copy); everything else
+(teacher forcing of the prompt, the EOS tail of the delay pattern, the length limit) is decided on the
+device from per-slot tensors.
+
+Decoding rules (reference semantics, transformers' ``DiaForConditionalGeneration.generate``):
+
+* Position 0 is the BOS frame; a prompt of T frames fills positions 1..T; the prompt's delayed channels stay
+  teacher-forced up to position T + max_delay while channel 0 already generates.
+* When channel 0 emits EOS at position e (or e reaches the forced-stop position), channel c is forced to EOS
+  at e + delay[c] and to PAD after it; the request ends once position e + max_delay is written.
+* The request's audio is frames T+1 … e-1 of the undelayed sequence.
+* ``max_new_tokens`` N allows positions T+1 … T+N; EOS is forced at T + N - max_delay so the tail fits, as
+  transformers does, which leaves at most N - max_delay - 1 audio frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from ...errors import InvalidInputError
+from .config import Dia1Config
+from .delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
+from .model import Dia1Model
+from .sampling import process_logits, sample, seed_key
+
+_NO_EOS = 1 << 40
+
+
+@dataclass
+class Dia1Request:
+    """One utterance to generate. ``text`` holds byte tokens (prompt transcript included); ``prompt`` holds
+    undelayed DAC codes [T, 9] or is None."""
+
+    text: torch.Tensor
+    seed: int
+    prompt: torch.Tensor | None = None
+    max_new_tokens: int | None = None
+    temperature: float = 1.2
+    top_p: float = 0.95
+    top_k: int = 45
+    cfg_scale: float = 3.0
+
+
+@dataclass
+class SlotState:
+    request: Dia1Request
+    slot: int
+    prompt_frames: int
+    text_length: int
+    position: int  # the decoder position fed by the next step
+    finished: bool = False
+    end_position: int | None = None  # channel-0 EOS position, known once finished
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def final_frames(self) -> int:
+        """How many frames of this request's audio are final (all nine channels written)."""
+        if self.finished:
+            return self.end_position - 1 - self.prompt_frames
+        last_written = self.position
+        return max(0, last_written - max(self._delays) - self.prompt_frames)
+
+    _delays: tuple[int, ...] = (0,)
+
+
+@dataclass
+class StepOutput:
+    state: SlotState
+    finished: bool
+
+
+def max_new_tokens_limit(config: Dia1Config, prompt_frames: int) -> int:
+    """The largest ``max_new_tokens`` that fits the decoder's position limit after a prompt."""
+    return config.audio_length - 1 - prompt_frames
+
+
+def min_new_tokens(config: Dia1Config) -> int:
+    """The smallest ``max_new_tokens`` that leaves room for one audio frame, its EOS and the delay tail."""
+    return config.max_delay + 2
+
+
+class Dia1Generator:
+    def __init__(self, model: Dia1Model, *, max_batch: int):
+        self.model = model
+        self.config = c = model.config
+        self.max_batch = max_batch
+        dev = model.device
+        self.device = dev
+        self.cache = model.new_cache(2 * max_batch)
+        # A never-used slot must not have an all-masked text row: SDPA would return NaN for it.
+        self.cache.cross_mask[:, 0] = True
+        self.tokens = torch.full((max_batch, c.audio_length, c.channels), UNKNOWN, dtype=torch.long, device=dev)
+        self.position = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.eos_position = torch.full((max_batch,), _NO_EOS, dtype=torch.long, device=dev)
+        self.limit_position = torch.full((max_batch,), _NO_EOS, dtype=torch.long, device=dev)
+        self.active = torch.zeros(max_batch, dtype=torch.bool, device=dev)
+        self.temperature = torch.zeros(max_batch, dtype=torch.float32, device=dev)
+        self.top_p = torch.ones(max_batch, dtype=torch.float32, device=dev)
+        self.top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
+        self.cfg_scale = torch.zeros(max_batch, dtype=torch.float32, device=dev)
+        self.key = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
+        self._free = list(range(max_batch))
+        self._states: dict[int, SlotState] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    # ------------------------------------------------------------------ admission
+
+    def validate(self, request: Dia1Request) -> tuple[int, int]:
+        """Check a request against the model's limits; returns (prompt_frames, max_new_tokens)."""
+        c = self.config
+        text_length = int(request.text.shape[0])
+        if text_length == 0:
+            raise InvalidInputError("The script is empty.", param="input")
+        if text_length > c.text_length:
+            raise InvalidInputError(
+                f"The script is {text_length} bytes long (voice prompt transcript included); "
+                f"the model accepts at most {c.text_length} bytes.",
+                param="input",
+            )
+        prompt_frames = 0 if request.prompt is None else int(request.prompt.shape[0])
+        if request.prompt is not None and (request.prompt.dim() != 2 or request.prompt.shape[1] != c.channels):
+            raise InvalidInputError(
+                f"Voice prompt codes must have shape [frames, {c.channels}], got {list(request.prompt.shape)}.",
+                param="audio_prompt",
+            )
+        limit = max_new_tokens_limit(c, prompt_frames)
+        smallest = min_new_tokens(c)
+        if limit < smallest:
+            raise InvalidInputError(
+                f"The voice prompt is {prompt_frames} frames long; with it the model's limit of {c.audio_length} "
+                f"positions leaves no room to generate. Use a prompt shorter than "
+                f"{c.audio_length - 1 - smallest} frames.",
+                param="audio_prompt",
+            )
+        n = limit if request.max_new_tokens is None else int(request.max_new_tokens)
+        if n < smallest:
+            raise InvalidInputError(
+                f"max_new_tokens must be at least {smallest} (one frame plus the {c.max_delay}-step delay tail "
+                f"and EOS), got {n}.",
+                param="max_new_tokens",
+            )
+        if n > limit:
+            raise InvalidInputError(
+                f"max_new_tokens={n} does not fit: the model has {c.audio_length} positions"
+                + (f", the voice prompt takes {prompt_frames + 1}" if prompt_frames else ", the BOS frame takes 1")
+                + f", so at most {limit} new tokens fit.",
+                param="max_new_tokens",
+            )
+        if request.temperature < 0:
+            raise InvalidInputError("temperature must be >= 0 (0 means greedy).", param="temperature")
+        if not 0 < request.top_p <= 1:
+            raise InvalidInputError("top_p must be in (0, 1].", param="top_p")
+        if request.top_k < 1:
+            raise InvalidInputError("top_k must be a positive integer.", param="top_k")
+        if request.cfg_scale < 0:
+            raise InvalidInputError("cfg_scale must be >= 0.", param="cfg_scale")
+        return prompt_frames, n
+
+    @torch.inference_mode()
+    def prepare(self, request: Dia1Request) -> SlotState:
+        prompt_frames, max_new = self.validate(request)
+        if not self._free:
+            raise RuntimeError("no free batch slot")
+        c, dev = self.config, self.device
+        slot = self._free.pop(0)
+        rows = torch.tensor([2 * slot, 2 * slot + 1], device=dev)
+
+        # Row 2s is conditioned on the text; row 2s+1 is the unconditional branch of CFG: all-zero text
+        # under the conditional row's mask.
+        text = request.text.to(dev).view(1, -1)
+        pair = torch.cat([text, torch.zeros_like(text)], dim=0)
+        mask = torch.ones_like(pair, dtype=torch.bool)
+        self.model.fill_cross_cache(self.cache, rows, self.model.encode(pair, mask), mask)
+
+        prompt = request.prompt if request.prompt is not None else torch.zeros(0, c.channels, dtype=torch.long)
+        table = delayed_prompt(prompt.long().cpu(), c.delay_pattern, c.bos_token_id).to(dev)
+        self.tokens[slot] = UNKNOWN
+        self.tokens[slot, : table.shape[0]] = table
+        if prompt_frames:
+            frames = self.tokens[slot, :prompt_frames].expand(2, -1, -1)
+            positions = torch.arange(prompt_frames, device=dev).expand(2, -1)
+            self.model.decode(
+                frames, positions, self.cache, rows, kv_length=prompt_frames, text_length=text.shape[1]
+            )
+
+        self.position[slot] = prompt_frames
+        self.eos_position[slot] = _NO_EOS
+        self.limit_position[slot] = prompt_frames + max_new - c.max_delay
+        self.temperature[slot] = request.temperature
+        self.top_p[slot] = request.top_p
+        self.top_k[slot] = request.top_k
+        self.cfg_scale[slot] = request.cfg_scale
+        self.key[slot] = seed_key(request.seed)
+        self.active[slot] = True
+        state = SlotState(
+            request=request, slot=slot, prompt_frames=prompt_frames, text_length=int(text.shape[1]),
+            position=prompt_frames, _delays=c.delay_pattern,
+        )
+        self._states[slot] = state
+        return state
+
+    # ------------------------------------------------------------------ stepping
+
+    @torch.inference_mode()
+    def step(self, states: list[SlotState]) -> list[StepOutput]:
+        """Advance every request in ``states`` by one position in one batched decoder call."""
+        if not states:
+            return []
+        c = self.config
+        hi = max(s.slot for s in states) + 1
+        span = slice(0, hi)
+        slots = torch.arange(hi, device=self.device)
+        position = self.position[span]
+        active = self.active[span]
+
+        frame = self.tokens[slots, position].clamp_min(0)
+        logits = self.model.decode(
+            frame.repeat_interleave(2, dim=0)[:, None],
+            position.repeat_interleave(2)[:, None],
+            self.cache,
+            slice(0, 2 * hi),
+            kv_length=max(s.position for s in states) + 1,
+            text_length=max(s.text_length for s in states),
+        ).view(hi, 2, c.channels, c.audio_vocab_size)
+
+        logits = process_logits(
+            logits[:, 0], logits[:, 1], variant=c.variant, cfg_scale=self.cfg_scale[span],
+            top_k=self.top_k[span], eos_token_id=c.eos_token_id,
+        )
+        nxt = position + 1
+        token = sample(
+            logits, variant=c.variant, temperature=self.temperature[span], top_p=self.top_p[span],
+            top_k=self.top_k[span], keys=self.key[span], positions=nxt,
+        )
+
+        # EOS in channel 0 (or the forced stop) starts the delay tail: channel c ends d_c steps later.
+        eos_now = (token[:, 0] == c.eos_token_id) | (nxt >= self.limit_position[span])
+        eos_position = torch.where(
+            active & eos_now & (self.eos_position[span] == _NO_EOS), nxt, self.eos_position[span]
+        )
+        since_eos = (nxt - eos_position)[:, None]
+        token = torch.where(since_eos == self.delays, c.eos_token_id, token)
+        token = torch.where(since_eos > self.delays, c.pad_token_id, token)
+        # Teacher forcing of the prompt's delayed channels wins over anything sampled.
+        write_at = nxt.clamp_max(c.audio_length - 1)
+        known = self.tokens[slots, write_at]
+        token = torch.where(known != UNKNOWN, known, token)
+        self.tokens[slots, write_at] = torch.where(active[:, None], token, known)
+        self.eos_position[span] = eos_position
+        self.position[span] = torch.where(active, nxt, position)
+        done = active & (nxt == eos_position + c.max_delay)
+
+        done_host = done.tolist()  # the one device-to-host transfer of the step
+        outputs = []
+        for state in states:
+            state.position += 1
+            if done_host[state.slot]:
+                state.finished = True
+                state.end_position = state.position - c.max_delay
+            outputs.append(StepOutput(state, state.finished))
+        return outputs
+
+    # ------------------------------------------------------------------ results
+
+    def delayed_tokens(self, state: SlotState) -> torch.Tensor:
+        """The request's delayed sequence so far, positions 0 … current (prompt included)."""
+        return self.tokens[state.slot, : state.position + 1].clone()
+
+    def frames(self, state: SlotState, start: int, stop: int) -> torch.Tensor:
+        """Final audio frames [start, stop) of the request (0 = first generated frame), delay reverted, codes
+        outside the codebook replaced by 0. Valid for stop <= state.final_frames."""
+        first = state.prompt_frames + 1
+        codes = revert_delay(self.tokens[state.slot], self.config.delay_pattern, first + start, first + stop)
+        return clean_codes(codes)
+
+    def finish(self, state: SlotState) -> torch.Tensor:
+        """All generated frames [frames, 9] of a finished request; frees its slot."""
+        codes = self.frames(state, 0, state.final_frames)
+        self.release(state)
+        return codes
+
+    def release(self, state: SlotState) -> None:
+        """Free a request's slot (finished or cancelled); it may be reused by the next ``prepare``."""
+        if self._states.pop(state.slot, None) is None:
+            return
+        self.active[state.slot] = False
+        self._free.append(state.slot)
+        self._free.sort()
