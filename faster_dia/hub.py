@@ -137,7 +137,9 @@ class Repo:
         if hub_offline():
             raise ModelNotFoundError(self._not_cached_message(filename, "HF_HUB_OFFLINE is set"))
         if not self._online():
-            raise ModelNotFoundError(self._not_cached_message(filename, f"{hub_endpoint()} cannot be reached"))
+            raise ModelNotFoundError(
+                self._not_cached_message(filename, f"{hub_endpoint()} cannot be reached")
+            )
         return self._download(filename)
 
     # -- Hub side -------------------------------------------------------------------------------------
@@ -170,6 +172,9 @@ class Repo:
                 files = HfApi(endpoint=hub_endpoint()).list_repo_files(self.repo_id, revision=self.revision)
             except HfHubHTTPError as exc:
                 raise ModelNotFoundError(self._hub_error_message(exc)) from exc
+            except Exception as exc:
+                # Transport errors are the HTTP client's own classes, which vary across huggingface_hub versions.
+                raise ModelNotFoundError(self._hub_error_message(exc)) from exc
             self._remote_files = set(files)
         return self._remote_files
 
@@ -190,6 +195,9 @@ class Repo:
             # Raised when the connection drops after the probe succeeded.
             raise ModelNotFoundError(self._not_cached_message(filename, "the download failed")) from exc
         except HfHubHTTPError as exc:
+            raise ModelNotFoundError(self._hub_error_message(exc, filename)) from exc
+        except Exception as exc:
+            # Transport errors are the HTTP client's own classes, which vary across huggingface_hub versions.
             raise ModelNotFoundError(self._hub_error_message(exc, filename)) from exc
         return Path(path)
 
@@ -244,6 +252,6 @@ def open_repo(model: str | os.PathLike, *, revision: str | None = None, what: st
     if isinstance(model, str) and looks_like_repo_id(text):
         return Repo(name=text, repo_id=text, revision=revision, what=what, cache_dir=hub_cache_dir())
     raise ModelNotFoundError(
-        f"The {what} {text!r} is neither an existing local directory nor a Hub id of the form 'org/name'."
+        f"The {what} {text!r} is not an existing local directory, nor a Hub id of the form 'org/name'; "
+        f"pass the directory holding the {what} files or its Hub id."
     )
-

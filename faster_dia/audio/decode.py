@@ -104,7 +104,9 @@ def _decode_error(exc: BaseException, param: str | None) -> InvalidInputError:
     return InvalidInputError(f"Could not decode audio: {reason[:1].lower()}{reason[1:]}.", param=param)
 
 
-def _decode_mono(data: str | io.BytesIO, *, max_seconds: float | None, param: str | None) -> tuple[np.ndarray, int]:
+def _decode_mono(
+    data: str | io.BytesIO, *, max_seconds: float | None, param: str | None
+) -> tuple[np.ndarray, int]:
     try:
         container = av.open(data, mode="r")
     except (av.FFmpegError, OSError, ValueError, UnicodeDecodeError) as exc:
@@ -134,7 +136,7 @@ def _decode_mono(data: str | io.BytesIO, *, max_seconds: float | None, param: st
                     total += mono.size
                 if limit is not None and total > limit:
                     raise InvalidInputError(
-                        f"The audio is longer than the limit of {max_seconds:g} seconds; upload a shorter clip.",
+                        f"The audio is longer than the {max_seconds:g}-second limit; upload a shorter clip.",
                         param=param,
                     )
             for converted in converter.resample(None):

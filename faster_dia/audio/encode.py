@@ -26,6 +26,9 @@ Streamed output cannot go back to fix its header, so:
 - MP3 has no Xing/LAME header, so decoders keep the encoder delay and padding (up to about two
   frames of extra silence).
 
+ADTS cannot signal the AAC encoder delay at all, so decoded AAC starts with about 1024 samples of
+extra silence, streamed or not.
+
 :func:`encode_audio` encodes a whole clip at once and writes the complete headers.
 """
 

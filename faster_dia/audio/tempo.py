@@ -24,6 +24,8 @@ _ATEMPO_MAX = 2.0
 # the exact expected length.
 _TAIL_PADDING_SECONDS = 0.25
 
+_FRAME_SAMPLES = 512
+
 
 def check_speed(speed: float) -> float:
     """Return ``speed`` as a float, or raise ``InvalidInputError`` (param "speed") if out of range."""
@@ -82,7 +84,9 @@ class TempoStretcher:
     def _build_graph(self) -> av.filter.Graph:
         graph = av.filter.Graph()
         time_base = Fraction(1, self.sample_rate)
-        node = graph.add_abuffer(sample_rate=self.sample_rate, format="flt", layout="mono", time_base=time_base)
+        node = graph.add_abuffer(
+            sample_rate=self.sample_rate, format="flt", layout="mono", time_base=time_base
+        )
         for factor in _atempo_factors(self.speed):
             stage = graph.add("atempo", repr(factor))
             node.link_to(stage)
@@ -97,12 +101,17 @@ class TempoStretcher:
 
     def _feed(self, samples: np.ndarray) -> None:
         assert self._graph is not None
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[None, :]), format="flt", layout="mono")
-        frame.sample_rate = self.sample_rate
-        frame.time_base = Fraction(1, self.sample_rate)
-        frame.pts = self._samples_in
-        self._samples_in += samples.size
-        self._graph.push(frame)
+        # atempo sizes each output frame from its input frame and releases it only once full, so its
+        # output lags by one input frame per instance. Small frames keep that lag to a few ms whatever
+        # the caller's chunk size.
+        for start in range(0, samples.size, _FRAME_SAMPLES):
+            piece = np.ascontiguousarray(samples[None, start : start + _FRAME_SAMPLES])
+            frame = av.AudioFrame.from_ndarray(piece, format="flt", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.time_base = Fraction(1, self.sample_rate)
+            frame.pts = self._samples_in
+            self._samples_in += piece.shape[1]
+            self._graph.push(frame)
 
     def _pull_ready(self) -> list[np.ndarray]:
         assert self._graph is not None

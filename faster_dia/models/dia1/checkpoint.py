@@ -124,10 +124,13 @@ def _value(block: dict, key: str, where: str, source: str, kind: type, default: 
         if default is _REQUIRED:
             raise CheckpointError(f"The model config {source} lacks the field '{where}{key}'.")
         return default
-    # bool is an int subclass; a bool where a number belongs is a broken file, not a number.
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind in (int, float) else isinstance(value, kind)
-    if kind is int and isinstance(value, float) and not value.is_integer():
-        ok = False
+    if kind in (int, float):
+        # bool is an int subclass; a bool where a number belongs is a broken file, not a number.
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            ok = False
+    else:
+        ok = isinstance(value, kind)
     if not ok:
         raise CheckpointError(
             f"The model config {source} has '{where}{key}' = {value!r}, expected a {kind.__name__}."
@@ -209,7 +212,9 @@ def _delay_pattern(value: Any, where: str, source: str) -> tuple[int, ...]:
     if value is None:
         return tuple(_DEFAULTS["delay_pattern"])
     if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
-        raise CheckpointError(f"The model config {source} has '{where}' = {value!r}, expected a list of integers.")
+        raise CheckpointError(
+            f"The model config {source} has '{where}' = {value!r}, expected a list of integers."
+        )
     return tuple(value)
 
 
@@ -225,7 +230,9 @@ def _rope_theta(block: dict, where: str, source: str) -> float:
         scaling = block.get("rope_scaling")
         rope_type = "default"
         if scaling is not None:
-            rope_type = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+            rope_type = (
+                scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
+            )
         theta = block.get("rope_theta", 10000.0)
     if rope_type != "default":
         raise CheckpointError(
@@ -286,7 +293,9 @@ def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
         variant=VARIANT_0626,
         encoder_layers=_value(encoder, "num_hidden_layers", enc, source, int, d["encoder_layers"]),
         encoder_hidden_size=enc_hidden,
-        encoder_intermediate_size=_value(encoder, "intermediate_size", enc, source, int, d["encoder_intermediate_size"]),
+        encoder_intermediate_size=_value(
+            encoder, "intermediate_size", enc, source, int, d["encoder_intermediate_size"]
+        ),
         encoder_heads=_value(encoder, "num_attention_heads", enc, source, int, d["encoder_heads"]),
         encoder_kv_heads=_value(encoder, "num_key_value_heads", enc, source, int, d["encoder_kv_heads"]),
         encoder_head_dim=_value(encoder, "head_dim", enc, source, int, d["encoder_head_dim"]),
@@ -294,7 +303,9 @@ def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
         text_length=_value(encoder, "max_position_embeddings", enc, source, int, d["text_length"]),
         decoder_layers=_value(decoder, "num_hidden_layers", dec, source, int, d["decoder_layers"]),
         decoder_hidden_size=_value(decoder, "hidden_size", dec, source, int, d["decoder_hidden_size"]),
-        decoder_intermediate_size=_value(decoder, "intermediate_size", dec, source, int, d["decoder_intermediate_size"]),
+        decoder_intermediate_size=_value(
+            decoder, "intermediate_size", dec, source, int, d["decoder_intermediate_size"]
+        ),
         decoder_heads=_value(decoder, "num_attention_heads", dec, source, int, d["decoder_heads"]),
         decoder_kv_heads=_value(decoder, "num_key_value_heads", dec, source, int, d["decoder_kv_heads"]),
         decoder_head_dim=_value(decoder, "head_dim", dec, source, int, d["decoder_head_dim"]),
@@ -319,7 +330,9 @@ def _validate_config(config: Dia1Config, source: str) -> None:
     problems = []
     for name in (f.name for f in fields(Dia1Config)):
         value = getattr(config, name)
-        if isinstance(value, int) and name.endswith(("_layers", "_size", "_heads", "_dim", "_length", "channels")):
+        if isinstance(value, int) and name.endswith(
+            ("_layers", "_size", "_heads", "_dim", "_length", "channels")
+        ):
             if value <= 0:
                 problems.append(f"{name} = {value} must be positive")
     if len(config.delay_pattern) != config.channels:
@@ -351,7 +364,9 @@ def _validate_config(config: Dia1Config, source: str) -> None:
 def expected_nari_shapes(config: Dia1Config) -> dict[str, tuple[int, ...]]:
     """Every tensor of a nari-format state dict with its shape (DenseGeneral kernels: in_dims + out_dims)."""
     c = config
-    shapes: dict[str, tuple[int, ...]] = {"encoder.embedding.weight": (c.text_vocab_size, c.encoder_hidden_size)}
+    shapes: dict[str, tuple[int, ...]] = {
+        "encoder.embedding.weight": (c.text_vocab_size, c.encoder_hidden_size)
+    }
     eh = c.encoder_hidden_size
     for i in range(c.encoder_layers):
         p = f"encoder.layers.{i}."
@@ -499,7 +514,9 @@ def load_checkpoint(model: str | os.PathLike, *, revision: str | None = None) ->
         layout = LAYOUT_HF_SAFETENSORS if weight_format == "safetensors" else LAYOUT_HF_BIN
 
     files = [config_path] + ([index_path] if index_path else []) + weight_paths
-    return LoadedCheckpoint(config=config, state_dict=state_dict, layout=layout, files=files, source=repo.name)
+    return LoadedCheckpoint(
+        config=config, state_dict=state_dict, layout=layout, files=files, source=repo.name
+    )
 
 
 def _find_weight_files(repo: Repo) -> tuple[str, Path | None, list[Path]]:
@@ -522,7 +539,9 @@ def _find_weight_files(repo: Repo) -> tuple[str, Path | None, list[Path]]:
 
     looked_for = ", ".join(WEIGHT_FILES)
     if repo.is_local or repo.can_download():
-        raise CheckpointError(f"The model {repo.name} has a config.json but none of the weight files {looked_for}.")
+        raise CheckpointError(
+            f"The model {repo.name} has a config.json but none of the weight files {looked_for}."
+        )
     raise ModelNotFoundError(
         f"None of the weight files ({looked_for}) of the model {repo.name} is in the Hub cache and the Hub "
         f"cannot be reached; run `hf download {repo.repo_id}` on a machine with network access, or pass a "
@@ -556,7 +575,9 @@ def _read_safetensors(paths: list[Path], index_path: Path | None) -> dict[str, t
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 for name in handle.keys():
                     if name in tensors:
-                        raise CheckpointError(f"The tensor {name} appears in more than one shard (again in {path.name}).")
+                        raise CheckpointError(
+                            f"The tensor {name} appears in more than one shard (again in {path.name})."
+                        )
                     if weight_map is not None and weight_map.get(name) != path.name:
                         raise CheckpointError(
                             f"The tensor {name} is in {path.name} but the shard index puts it in "
@@ -595,9 +616,13 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict):
         raise CheckpointError(f"The weight file {path} holds a {type(obj).__name__}, not a state dict.")
-    not_tensors = sorted(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str))
+    not_tensors = sorted(
+        str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)
+    )
     if not_tensors:
-        raise CheckpointError(f"The weight file {path} has entries that are not tensors: {_name_list(not_tensors)}.")
+        raise CheckpointError(
+            f"The weight file {path} has entries that are not tensors: {_name_list(not_tensors)}."
+        )
     return dict(obj)
 
 
@@ -606,7 +631,7 @@ def _drop_derived_buffers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.T
 
 
 def _detect_naming(tensors: dict[str, torch.Tensor], paths: list[Path]) -> str:
-    """"hf" for transformers naming (``model.…`` / ``logits_dense.weight``), "nari" for ``encoder.…``/``decoder.…``."""
+    """Tell the naming from the tensor names: "hf" (``model.…``, ``logits_dense.weight``) or "nari" (``encoder.…``)."""
     hf = [n for n in tensors if n.startswith("model.") or n == "logits_dense.weight"]
     nari = [n for n in tensors if n.startswith(("encoder.", "decoder."))]
     where = ", ".join(p.name for p in paths)

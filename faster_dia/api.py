@@ -1,0 +1,413 @@
+"""The public Python surface: ``faster_dia.load(...)`` returns a :class:`TextToSpeech`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+import wave
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .codecs.dac import DacCodec
+from .errors import InvalidInputError
+from .models.dia1.checkpoint import load_checkpoint
+from .models.dia1.config import VARIANT_ORIGINAL
+from .models.dia1.generator import Dia1Generator, Dia1Request
+from .models.dia1.model import Dia1Model
+from .script import encode_script, join_prompt_transcript, normalize_script
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class Speech:
+    """One generated utterance."""
+
+    audio: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    codes: np.ndarray  # [frames, 9] DAC codes, delay reverted, prompt excluded
+    seed: int
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a 16-bit PCM WAV file."""
+        path = Path(path)
+        pcm = (np.clip(self.audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.sample_rate)
+            out.writeframes(pcm.tobytes())
+        return path
+
+
+@dataclass
+class Progress:
+    """Handed to a ``progress`` callback after every decoder step."""
+
+    frames: int  # final audio frames so far, all requests of the call together
+    seconds_of_audio: float
+    elapsed: float
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.seconds_of_audio / self.elapsed if self.elapsed > 0 else 0.0
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidInputError(f"Unknown device {device!r}: {exc}", param="device") from exc
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+        raise InvalidInputError(f"Unsupported dtype {dtype}; use one of {', '.join(_DTYPES)}.", param="dtype")
+    if dtype not in _DTYPES:
+        raise InvalidInputError(f"Unsupported dtype {dtype!r}; use one of {', '.join(_DTYPES)}.", param="dtype")
+    return _DTYPES[dtype]
+
+
+def load(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    codec: str | os.PathLike | None = None,
+    revision: str | None = None,
+    codec_revision: str | None = None,
+) -> TextToSpeech:
+    """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate."""
+    dev = pick_device(device)
+    dt = pick_dtype(dtype, dev)
+    checkpoint = load_checkpoint(model, revision=revision)
+    network = Dia1Model.from_hf_state_dict(checkpoint.config, checkpoint.state_dict, dtype=dt, device=dev)
+    del checkpoint.state_dict
+    dac = DacCodec.load(codec, revision=codec_revision, device=dev)
+    log.info(
+        "loaded %s (%s layout, variant %s%s) on %s in %s",
+        checkpoint.source, checkpoint.layout, checkpoint.variant,
+        ": cross-attention RoPE, guided sampling with EOS x0.8" if checkpoint.variant == VARIANT_ORIGINAL
+        else ": guided top-k candidates, conditional sampling",
+        dev, str(dt).removeprefix("torch."),
+    )
+    return TextToSpeech(network, dac, model_id=checkpoint.source, variant=checkpoint.variant)
+
+
+class TextToSpeech:
+    """A loaded model with its codec. ``generate`` is safe to call from several threads; calls run one
+    after another."""
+
+    def __init__(self, model: Dia1Model, codec: DacCodec, *, model_id: str, variant: str):
+        self.model = model
+        self.codec = codec
+        self.model_id = model_id
+        self.variant = variant
+        self.config = model.config
+        self._generator: Dia1Generator | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    # ------------------------------------------------------------------ requests
+
+    def _prompt_codes(self, audio_prompt: Any, sample_rate: int | None) -> torch.Tensor:
+        if isinstance(audio_prompt, (str, os.PathLike)):
+            from .audio import decode_audio
+
+            pcm, _ = decode_audio(audio_prompt, sample_rate=self.sample_rate)
+            return self.codec.encode(pcm)
+        if isinstance(audio_prompt, (bytes, bytearray)):
+            from .audio import decode_audio
+
+            pcm, _ = decode_audio(bytes(audio_prompt), sample_rate=self.sample_rate)
+            return self.codec.encode(pcm)
+        array = audio_prompt.detach().cpu() if isinstance(audio_prompt, torch.Tensor) else np.asarray(audio_prompt)
+        if isinstance(array, torch.Tensor):
+            is_codes = not array.is_floating_point()
+            array = array.numpy()
+        else:
+            is_codes = np.issubdtype(array.dtype, np.integer)
+        if is_codes:
+            if array.ndim != 2 or array.shape[1] != self.codec.num_codebooks:
+                raise InvalidInputError(
+                    f"Voice prompt codes must have shape [frames, {self.codec.num_codebooks}], got {list(array.shape)}.",
+                    param="audio_prompt",
+                )
+            if array.size and (array.min() < 0 or array.max() >= self.codec.codebook_size):
+                raise InvalidInputError(
+                    f"Voice prompt codes must lie in 0..{self.codec.codebook_size - 1}.", param="audio_prompt"
+                )
+            return torch.as_tensor(array, dtype=torch.long)
+        if not np.issubdtype(array.dtype, np.floating):
+            raise InvalidInputError("A voice prompt array must hold float audio or integer codes.", param="audio_prompt")
+        if sample_rate is None:
+            raise InvalidInputError(
+                "A voice prompt given as an audio array needs audio_prompt_sample_rate.", param="audio_prompt_sample_rate"
+            )
+        if array.ndim == 2:
+            # [channels, samples] or [samples, channels]: average the shorter axis away.
+            array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1)
+        if array.ndim != 1:
+            raise InvalidInputError("A voice prompt array must be mono or stereo audio.", param="audio_prompt")
+        pcm = array.astype(np.float32)
+        if sample_rate != self.sample_rate:
+            from .audio import resample
+
+            pcm = resample(pcm, sample_rate, self.sample_rate)
+        return self.codec.encode(pcm)
+
+    def _request(
+        self, script: str, *, seed: int | None, audio_prompt: Any, audio_prompt_transcript: str | None,
+        audio_prompt_sample_rate: int | None, **params: Any,
+    ) -> Dia1Request:
+        text = normalize_script(script)
+        prompt = None
+        if audio_prompt is not None:
+            if not audio_prompt_transcript or not str(audio_prompt_transcript).strip():
+                raise InvalidInputError(
+                    "A voice prompt needs its transcript (audio_prompt_transcript): the model continues the "
+                    "transcript's speech, and without it the output is garbled.",
+                    param="audio_prompt_transcript",
+                )
+            transcript = normalize_script(audio_prompt_transcript, param="audio_prompt_transcript")
+            text = join_prompt_transcript(transcript, text)
+            prompt = self._prompt_codes(audio_prompt, audio_prompt_sample_rate)
+        elif audio_prompt_transcript:
+            raise InvalidInputError(
+                "audio_prompt_transcript was given without audio_prompt.", param="audio_prompt_transcript"
+            )
+        tokens = encode_script(text)
+        if len(tokens) > self.config.text_length:
+            what = "script plus the voice prompt transcript" if prompt is not None else "script"
+            raise InvalidInputError(
+                f"The {what} is {len(tokens)} bytes long ([S1]/[S2] count as one); the model reads at most "
+                f"{self.config.text_length} bytes. Shorten it or split it into several calls.",
+                param="input",
+            )
+        if seed is None:
+            seed = secrets.randbits(32)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.", param="seed")
+        top_k = params["top_k"]
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise InvalidInputError(f"top_k must be an integer, got {top_k!r}.", param="top_k")
+        for name in ("temperature", "top_p", "cfg_scale"):
+            value = params[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise InvalidInputError(f"{name} must be a number, got {value!r}.", param=name)
+        max_new = params["max_new_tokens"]
+        if max_new is not None and (isinstance(max_new, bool) or not isinstance(max_new, (int, np.integer))):
+            raise InvalidInputError(f"max_new_tokens must be an integer, got {max_new!r}.", param="max_new_tokens")
+        return Dia1Request(
+            text=torch.tensor(tokens, dtype=torch.long), seed=int(seed), prompt=prompt,
+            max_new_tokens=max_new, temperature=float(params["temperature"]), top_p=float(params["top_p"]),
+            top_k=int(top_k), cfg_scale=float(params["cfg_scale"]),
+        )
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        script: str | Sequence[str],
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        temperature: float = 1.2,
+        top_p: float = 0.95,
+        top_k: int = 45,
+        cfg_scale: float = 3.0,
+        max_new_tokens: int | None = None,
+        audio_prompt: Any = None,
+        audio_prompt_transcript: str | Sequence[str | None] | None = None,
+        audio_prompt_sample_rate: int | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> Speech | list[Speech]:
+        """Generate speech for one script, or for a list of scripts as one batch.
+
+        For a list, ``seed`` may be one integer (item i uses seed + i) or a list, and ``audio_prompt`` /
+        ``audio_prompt_transcript`` may be single values shared by all items or lists with None entries."""
+        single = isinstance(script, str)
+        scripts = [script] if single else list(script)
+        if not scripts:
+            raise InvalidInputError("No script given.", param="input")
+        n = len(scripts)
+        seeds = self._per_item(seed, n, "seed", offset_ints=True)
+        prompts = self._per_item(audio_prompt, n, "audio_prompt")
+        transcripts = self._per_item(audio_prompt_transcript, n, "audio_prompt_transcript")
+        params = dict(temperature=temperature, top_p=top_p, top_k=top_k, cfg_scale=cfg_scale,
+                      max_new_tokens=max_new_tokens)
+        requests = [
+            self._request(s, seed=sd, audio_prompt=p, audio_prompt_transcript=t,
+                          audio_prompt_sample_rate=audio_prompt_sample_rate, **params)
+            for s, sd, p, t in zip(scripts, seeds, prompts, transcripts)
+        ]
+        with self._lock:
+            codes = self._run(requests, progress)
+        results = [
+            Speech(audio=np.clip(self.codec.decode(c), -1.0, 1.0), sample_rate=self.sample_rate,
+                   codes=c.numpy(), seed=r.seed)
+            for c, r in zip(codes, requests)
+        ]
+        return results[0] if single else results
+
+    def stream(
+        self,
+        script: str,
+        *,
+        seed: int | None = None,
+        temperature: float = 1.2,
+        top_p: float = 0.95,
+        top_k: int = 45,
+        cfg_scale: float = 3.0,
+        max_new_tokens: int | None = None,
+        audio_prompt: Any = None,
+        audio_prompt_transcript: str | None = None,
+        audio_prompt_sample_rate: int | None = None,
+        chunk_frames: int = 32,
+    ) -> SpeechStream:
+        """Like ``generate`` for one script, but returns a :class:`SpeechStream` that yields audio chunks as
+        frames become final. ``chunk_frames`` (86 = 1 s) sets how much audio each chunk carries at least;
+        the first chunk arrives after the 15-step delay plus one chunk and the codec's look-ahead."""
+        if not isinstance(script, str):
+            raise InvalidInputError("stream() takes one script; use generate() for a batch.", param="input")
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise InvalidInputError("chunk_frames must be a positive integer.", param="chunk_frames")
+        request = self._request(
+            script, seed=seed, audio_prompt=audio_prompt, audio_prompt_transcript=audio_prompt_transcript,
+            audio_prompt_sample_rate=audio_prompt_sample_rate, temperature=temperature, top_p=top_p, top_k=top_k,
+            cfg_scale=cfg_scale, max_new_tokens=max_new_tokens,
+        )
+        self._generator_for(1).validate(request)
+        return SpeechStream(self, request, chunk_frames=chunk_frames)
+
+    def _stream_chunks(self, stream: SpeechStream):
+        from .codecs.dac import IncrementalDecoder
+
+        with self._lock:
+            generator = self._generator_for(1)
+            state = generator.prepare(stream.request)
+            decoder = IncrementalDecoder(self.codec)
+            try:
+                pushed = 0
+                while True:
+                    if not state.finished:
+                        generator.step([state])
+                    final = state.final_frames
+                    stream.frames = final
+                    if final - pushed >= stream.chunk_frames or (state.finished and final > pushed):
+                        audio = decoder.push(generator.frames(state, pushed, final))
+                        pushed = final
+                        if audio.size:
+                            yield np.clip(audio, -1.0, 1.0)
+                    if state.finished:
+                        tail = decoder.flush()
+                        if tail.size:
+                            yield np.clip(tail, -1.0, 1.0)
+                        return
+            finally:
+                generator.release(state)
+
+    @staticmethod
+    def _per_item(value: Any, n: int, name: str, *, offset_ints: bool = False) -> list[Any]:
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise InvalidInputError(f"{name} has {len(value)} entries for {n} scripts.", param=name)
+            return list(value)
+        if offset_ints and value is not None:
+            return [value + i if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+                    for i in range(n)]
+        return [value] * n
+
+    def _generator_for(self, batch: int) -> Dia1Generator:
+        if self._generator is None or self._generator.max_batch < batch:
+            self._generator = None  # free the old caches before allocating larger ones
+            self._generator = Dia1Generator(self.model, max_batch=batch)
+        return self._generator
+
+    def _run(self, requests: list[Dia1Request], progress: Callable[[Progress], None] | None) -> list[torch.Tensor]:
+        generator = self._generator_for(len(requests))
+        for r in requests:
+            generator.validate(r)
+        states = []
+        try:
+            for r in requests:
+                states.append(generator.prepare(r))
+            start = time.perf_counter()
+            running = list(states)
+            while running:
+                generator.step(running)
+                running = [s for s in running if not s.finished]
+                if progress is not None:
+                    frames = sum(s.final_frames for s in states)
+                    progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+            return [generator.finish(s) for s in states]
+        finally:
+            for s in states:
+                generator.release(s)
+
+
+class SpeechStream:
+    """Audio of one request, delivered in chunks while it is generated. Iterate it for float32 mono chunks;
+    ``close()`` (or leaving the iteration early) cancels the generation and frees its memory."""
+
+    def __init__(self, tts: TextToSpeech, request: Dia1Request, *, chunk_frames: int = 32):
+        self._tts = tts
+        self.chunk_frames = chunk_frames
+        self.request = request
+        self.seed = request.seed
+        self.sample_rate = tts.sample_rate
+        self.input_tokens = int(request.text.shape[0])
+        self.frames = 0
+        self._iterator = tts._stream_chunks(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._iterator)
+
+    def close(self) -> None:
+        self._iterator.close()
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self._tts.frame_rate

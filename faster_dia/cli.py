@@ -1,0 +1,125 @@
+"""The ``faster-dia`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import FasterDiaError
+
+DEFAULTS = dict(temperature=1.2, top_p=0.95, top_k=45, cfg_scale=3.0)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="Hub id or local directory (default nari-labs/Dia-1.6B-0626)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the model")
+    p.add_argument("--codec", default=None, help="Hub id or local directory of a transformers-format DAC")
+    p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype (default bfloat16 on CUDA, float32 elsewhere)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="faster-dia", description="Dia text-to-speech, fast.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details (and tracebacks on errors)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    speak = sub.add_parser("speak", help="turn a dialogue script into a WAV file",
+                           description='Example: faster-dia speak "[S1] Did you hear? (laughs) [S2] I did." -o out.wav')
+    speak.add_argument("script", nargs="?", help="the script, or - to read it from standard input")
+    speak.add_argument("--input", "-i", type=Path, help="read the script from this text file")
+    speak.add_argument("--output", "-o", type=Path, default=Path("out.wav"), help="WAV file to write (default out.wav)")
+    _add_model_options(speak)
+    speak.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
+    speak.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="0 means greedy")
+    speak.add_argument("--top-p", type=float, default=DEFAULTS["top_p"])
+    speak.add_argument("--top-k", "--cfg-filter-top-k", dest="top_k", type=int, default=DEFAULTS["top_k"],
+                       help="candidates kept by the guidance filter")
+    speak.add_argument("--cfg-scale", type=float, default=DEFAULTS["cfg_scale"])
+    speak.add_argument("--max-new-tokens", type=int, default=None,
+                       help="decoder steps allowed (86 frames = 1 s); default: as many as fit")
+    speak.add_argument("--prompt", type=Path, default=None, help="voice prompt audio (wav, flac, mp3, ogg)")
+    speak.add_argument("--prompt-text", default=None, help="transcript of the voice prompt, with speaker tags")
+    speak.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def _read_script(args: argparse.Namespace) -> str:
+    if args.input is not None:
+        if args.script is not None:
+            raise FasterDiaError("Give the script either as an argument or with --input, not both.")
+        try:
+            return args.input.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FasterDiaError(f"Cannot read {args.input}: {exc}") from exc
+    if args.script is None:
+        raise FasterDiaError('No script given: pass it as an argument, with --input FILE, or "-" for stdin.')
+    if args.script == "-":
+        return sys.stdin.read()
+    return args.script
+
+
+def _speak(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .api import DEFAULT_MODEL, load
+
+    script = _read_script(args)
+    if args.prompt is not None and not args.prompt.exists():
+        raise FasterDiaError(f"Voice prompt file not found: {args.prompt}")
+    tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
+               revision=args.revision)
+    bar = None if args.no_progress else tqdm(desc="generating", unit="s audio", bar_format=(
+        "{desc}: {n:.1f}s of audio [{elapsed}, {postfix}]"), postfix="starting")
+
+    def on_progress(p) -> None:
+        bar.n = p.seconds_of_audio
+        bar.set_postfix_str(f"{p.real_time_factor:.2f}x real time", refresh=False)
+        bar.refresh()
+
+    try:
+        speech = tts.generate(
+            script, seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            cfg_scale=args.cfg_scale, max_new_tokens=args.max_new_tokens,
+            audio_prompt=str(args.prompt) if args.prompt is not None else None,
+            audio_prompt_transcript=args.prompt_text, progress=None if bar is None else on_progress,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    try:
+        speech.save(args.output)
+    except OSError as exc:
+        raise FasterDiaError(f"Cannot write {args.output}: {exc}") from exc
+    print(f"wrote {args.output} ({speech.duration:.2f} s at {speech.sample_rate} Hz), seed {speech.seed}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "speak":
+            return _speak(args)
+        if args.command == "serve":  # registered by the server module when installed
+            return args.handler(args)
+    except FasterDiaError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never show a traceback to a user unless asked for
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc} (run with --verbose for details)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

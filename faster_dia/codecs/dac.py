@@ -1,0 +1,113 @@
+"""DAC 44.1 kHz codec (9 codebooks of 1024 codes, 512 samples per frame) through transformers' DacModel."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InvalidInputError
+from ..hub import open_repo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DAC = "descript/dac_44khz"
+
+
+class DacCodec:
+    def __init__(self, model, *, name: str):
+        self.model = model.eval()
+        self.name = name
+        cfg = model.config
+        self.sample_rate = int(cfg.sampling_rate)
+        self.hop_length = int(np.prod(cfg.downsampling_ratios))
+        self.num_codebooks = int(cfg.n_codebooks)
+        self.codebook_size = int(cfg.codebook_size)
+
+    @classmethod
+    def load(
+        cls, codec: str | os.PathLike | None = None, *, revision: str | None = None, device: str | torch.device = "cpu"
+    ) -> DacCodec:
+        from transformers import DacModel
+
+        repo = open_repo(codec or DEFAULT_DAC, revision=revision, what="codec")
+        config_path = repo.get("config.json")
+        repo.get("model.safetensors")
+        try:
+            model = DacModel.from_pretrained(config_path.parent)
+        except Exception as exc:  # transformers raises many kinds; the user needs one sentence
+            raise CheckpointError(f"Could not load the DAC codec from {repo.name}: {exc}") from exc
+        # The codec stays in float32: it is small, and reduced precision audibly colours the waveform.
+        return cls(model.to(device=device, dtype=torch.float32), name=repo.name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @torch.inference_mode()
+    def encode(self, pcm: np.ndarray) -> torch.Tensor:
+        """Mono float audio at ``sample_rate`` -> codes [frames, num_codebooks] (right-padded to whole frames)."""
+        audio = torch.as_tensor(np.asarray(pcm, dtype=np.float32), device=self.device).view(1, 1, -1)
+        if audio.shape[-1] == 0:
+            raise InvalidInputError("The voice prompt contains no audio.", param="audio_prompt")
+        pad = (-audio.shape[-1]) % self.hop_length
+        audio = torch.nn.functional.pad(audio, (0, pad))
+        codes = self.model.encode(audio).audio_codes  # [1, n_q, frames]
+        return codes[0].transpose(0, 1).long().cpu()
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes [frames, num_codebooks] -> mono float32 audio of frames * hop_length samples."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        audio = self.model.decode(audio_codes=codes.T[None].to(self.device)).audio_values
+        return audio.reshape(-1).float().cpu().numpy()
+
+
+class IncrementalDecoder:
+    """Decodes final frames as they arrive; the concatenated output equals ``DacCodec.decode`` of all frames.
+
+    DAC's decoder is a stack of non-causal convolutions: an output sample depends on about nine frames on
+    each side (measured by perturbing one frame). Each call therefore decodes the new frames with
+    ``context`` frames of history and holds back the last ``context`` frames until their right-hand
+    neighbours are known (or ``flush`` says there are none)."""
+
+    def __init__(self, codec: DacCodec, *, context: int = 12):
+        self.codec = codec
+        self.context = context
+        self._codes = torch.zeros(0, codec.num_codebooks, dtype=torch.long)
+        self._offset = 0  # frame index of self._codes[0]
+        self.emitted = 0  # frames whose audio has been returned
+
+    @property
+    def frames(self) -> int:
+        return self._offset + self._codes.shape[0]
+
+    def push(self, codes: torch.Tensor) -> np.ndarray:
+        """Add the next final frames [n, num_codebooks]; returns the audio that is final now (may be empty)."""
+        self._codes = torch.cat([self._codes, codes.cpu().long()])
+        return self._emit(self.frames - self.context)
+
+    def flush(self) -> np.ndarray:
+        """No more frames will come: return the rest of the audio."""
+        return self._emit(self.frames)
+
+    def _emit(self, upto: int) -> np.ndarray:
+        if upto <= self.emitted:
+            return np.zeros(0, dtype=np.float32)
+        lo = max(self._offset, self.emitted - self.context)
+        hi = min(self.frames, upto + self.context)
+        audio = self.codec.decode(self._codes[lo - self._offset : hi - self._offset])
+        hop = self.codec.hop_length
+        out = audio[(self.emitted - lo) * hop : (upto - lo) * hop]
+        self.emitted = upto
+        keep_from = max(self._offset, self.emitted - self.context)
+        self._codes = self._codes[keep_from - self._offset :]
+        self._offset = keep_from
+        return out

@@ -1,0 +1,470 @@
+"""Tiny random checkpoints in exactly the published layouts, for tests and benchmarks.
+
+:func:`write_tiny_checkpoint` writes a few-hundred-kB Dia-1.6B look-alike (or a tiny DAC codec) in one of the
+layouts found on the Hub; :func:`seed_hub_cache` lays a directory out as a Hugging Face Hub cache entry so the
+repo-id code paths can be exercised offline.
+
+For one ``seed`` the four Dia layouts hold the same weights: one canonical nari-format state dict is drawn and
+then written in nari form or converted to transformers form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from faster_dia.errors import InvalidInputError
+from faster_dia.models.dia1.checkpoint import expected_nari_shapes, nari_to_hf
+from faster_dia.models.dia1.config import VARIANT_0626, VARIANT_ORIGINAL, Dia1Config
+
+KIND_ORIGINAL = "dia-1.6b"
+KIND_ORIGINAL_PTH = "dia-1.6b-pth"
+KIND_0626 = "dia-1.6b-0626"
+KIND_0626_BIN = "dia-1.6b-0626-bin"
+KIND_DAC = "dac"
+DIA_KINDS = (KIND_ORIGINAL, KIND_ORIGINAL_PTH, KIND_0626, KIND_0626_BIN)
+KINDS = DIA_KINDS + (KIND_DAC,)
+
+#: Tiny sizes that keep every structural feature of Dia-1.6B: GQA in the decoder self-attention, a decoder
+#: wider than the encoder, attention widths different from the hidden sizes, 9 channels with the real
+#: delay pattern and the real token ids.
+TINY_DIA_SIZES: dict[str, Any] = {
+    "encoder_layers": 2,
+    "encoder_hidden_size": 32,
+    "encoder_intermediate_size": 64,
+    "encoder_heads": 2,
+    "encoder_kv_heads": 2,
+    "encoder_head_dim": 16,
+    "text_vocab_size": 256,
+    "text_length": 1024,
+    "decoder_layers": 2,
+    "decoder_hidden_size": 48,
+    "decoder_intermediate_size": 96,
+    "decoder_heads": 4,
+    "decoder_kv_heads": 2,
+    "decoder_head_dim": 16,
+    "cross_heads": 4,
+    "cross_kv_heads": 4,
+    "cross_head_dim": 16,
+    "audio_vocab_size": 1028,
+    "audio_length": 3072,
+    "channels": 9,
+    "norm_eps": 1e-5,
+    "rope_theta": 10000.0,
+    "delay_pattern": (0, 8, 9, 10, 11, 12, 13, 14, 15),
+}
+
+# Written into the 0626-style files, as the published ones carry it.
+_TRANSFORMERS_VERSION = "4.53.0.dev0"
+
+
+def tiny_dia_config(variant: str, config_overrides: dict[str, Any] | None = None) -> Dia1Config:
+    """The tiny :class:`Dia1Config` of ``variant`` with ``config_overrides`` (Dia1Config field names) applied."""
+    overrides = dict(config_overrides or {})
+    if "variant" in overrides:
+        raise InvalidInputError("The variant of a tiny checkpoint follows from its kind; do not override it.")
+    known = {f.name for f in dataclasses.fields(Dia1Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidInputError(f"Unknown Dia1Config fields in config_overrides: {', '.join(unknown)}.")
+    if "delay_pattern" in overrides:
+        overrides["delay_pattern"] = tuple(overrides["delay_pattern"])
+    return Dia1Config(variant=variant, **{**TINY_DIA_SIZES, **overrides})
+
+
+def tiny_nari_state_dict(
+    config: Dia1Config, *, seed: int = 0, eos_logit_scale: float = 1.0
+) -> dict[str, torch.Tensor]:
+    """Random fp32 weights in nari naming and layout, drawn in a fixed order from ``seed``.
+
+    Scales keep activations near unit size so that logits are neither flat nor saturated: DenseGeneral
+    kernels ~ N(0, 1/fan_in) (unit-variance outputs), q/k kernels further scaled by head_dim**-0.25 because
+    Dia's attention has no 1/sqrt(head_dim) factor (so the scores come out ~ N(0, 1)), embeddings ~ N(0, 1),
+    RMSNorm weights 1 + N(0, 0.1²). ``eos_logit_scale`` multiplies the channel-0 EOS column of the logits
+    head: with a large scale the EOS logit has a large magnitude, so greedy and sampled decoding pick EOS
+    at roughly every other step and generation ends early.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, shape in expected_nari_shapes(config).items():
+        values = torch.randn(shape, generator=generator, dtype=torch.float32)
+        module = name.split(".")[-2]
+        if name.endswith("norm.weight"):
+            values = 1.0 + 0.1 * values
+        elif module in {"q_proj", "k_proj", "v_proj", "o_proj", "wi_fused", "wo", "logits_dense"}:
+            n_in = 2 if module == "o_proj" else 1
+            std = math.prod(shape[:n_in]) ** -0.5
+            if module in {"q_proj", "k_proj"}:
+                std *= shape[-1] ** -0.25
+            values = values * std
+        tensors[name] = values
+    tensors["decoder.logits_dense.weight"][:, 0, config.eos_token_id] *= eos_logit_scale
+    return tensors
+
+
+def write_tiny_checkpoint(
+    kind: str,
+    directory: str | os.PathLike,
+    *,
+    seed: int = 0,
+    config_overrides: dict[str, Any] | None = None,
+    eos_logit_scale: float = 1.0,
+) -> Path:
+    """Write a tiny random checkpoint of ``kind`` (one of :data:`KINDS`) into ``directory``; return it.
+
+    * ``dia-1.6b``: nari v0.1 config.json + nari-format model.safetensors (like ``nari-labs/Dia-1.6B``);
+    * ``dia-1.6b-pth``: the same config + nari-format dia-v0_1.pth;
+    * ``dia-1.6b-0626``: transformers DiaConfig config.json + generation_config.json + two transformers-format
+      safetensors shards and their index (like ``nari-labs/Dia-1.6B-0626``);
+    * ``dia-1.6b-0626-bin``: the DiaConfig config.json + nari-format pytorch_model.bin;
+    * ``dac``: a tiny transformers DacModel (hop length 512, 9 codebooks of 1024) via ``save_pretrained``;
+      ``config_overrides`` then are DacConfig arguments.
+    """
+    if kind not in KINDS:
+        raise InvalidInputError(f"Unknown tiny checkpoint kind {kind!r}; choose one of {', '.join(KINDS)}.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    if kind == KIND_DAC:
+        return _write_tiny_dac(directory, seed=seed, config_overrides=config_overrides)
+
+    variant = VARIANT_ORIGINAL if kind in (KIND_ORIGINAL, KIND_ORIGINAL_PTH) else VARIANT_0626
+    config = tiny_dia_config(variant, config_overrides)
+    nari = tiny_nari_state_dict(config, seed=seed, eos_logit_scale=eos_logit_scale)
+
+    if kind == KIND_ORIGINAL:
+        _write_json(directory / "config.json", nari_config_json(config))
+        _save_safetensors(nari, directory / "model.safetensors")
+    elif kind == KIND_ORIGINAL_PTH:
+        _write_json(directory / "config.json", nari_config_json(config))
+        torch.save(nari, directory / "dia-v0_1.pth")
+    elif kind == KIND_0626:
+        _write_json(directory / "config.json", dia_config_json(config))
+        _write_json(directory / "generation_config.json", generation_config_json(config))
+        _write_hf_shards(nari_to_hf(nari, config), directory)
+    else:
+        _write_json(directory / "config.json", dia_config_json(config))
+        torch.save(nari, directory / "pytorch_model.bin")
+    return directory
+
+
+# --------------------------------------------------------------------------------------------------------
+# Config files
+# --------------------------------------------------------------------------------------------------------
+
+
+def nari_config_json(config: Dia1Config) -> dict[str, Any]:
+    """The nari "v0.1" config.json (schema of ``nari-labs/Dia-1.6B``) describing ``config``."""
+    if config.encoder_kv_heads != config.encoder_heads or config.cross_kv_heads != config.cross_heads:
+        raise InvalidInputError(
+            "The nari v0.1 config cannot express encoder or cross-attention KV heads that differ from the "
+            "query heads; keep encoder_kv_heads == encoder_heads and cross_kv_heads == cross_heads."
+        )
+    return {
+        "version": "0.1",
+        "model": {
+            "encoder": {
+                "n_layer": config.encoder_layers,
+                "n_embd": config.encoder_hidden_size,
+                "n_hidden": config.encoder_intermediate_size,
+                "n_head": config.encoder_heads,
+                "head_dim": config.encoder_head_dim,
+            },
+            "decoder": {
+                "n_layer": config.decoder_layers,
+                "n_embd": config.decoder_hidden_size,
+                "n_hidden": config.decoder_intermediate_size,
+                "gqa_query_heads": config.decoder_heads,
+                "kv_heads": config.decoder_kv_heads,
+                "gqa_head_dim": config.decoder_head_dim,
+                "cross_query_heads": config.cross_heads,
+                "cross_head_dim": config.cross_head_dim,
+            },
+            "src_vocab_size": config.text_vocab_size,
+            "tgt_vocab_size": config.audio_vocab_size,
+            "dropout": 0.0,
+            "normalization_layer_epsilon": config.norm_eps,
+            "weight_dtype": "float32",
+            "rope_min_timescale": 1,
+            "rope_max_timescale": _plain_number(config.rope_theta),
+        },
+        "training": {},
+        "data": {
+            "text_length": config.text_length,
+            "audio_length": config.audio_length,
+            "channels": config.channels,
+            "text_pad_value": config.text_pad_token_id,
+            "audio_eos_value": config.eos_token_id,
+            "audio_pad_value": config.pad_token_id,
+            "audio_bos_value": config.bos_token_id,
+            "delay_pattern": list(config.delay_pattern),
+        },
+    }
+
+
+def dia_config_json(config: Dia1Config) -> dict[str, Any]:
+    """The transformers DiaConfig config.json describing ``config``, spelled as transformers 4.53 wrote it."""
+    if config.text_pad_token_id != 0:
+        raise InvalidInputError("The transformers DiaConfig has no text pad id; keep text_pad_token_id at 0.")
+    encoder = {
+        "head_dim": config.encoder_head_dim,
+        "hidden_act": "silu",
+        "hidden_size": config.encoder_hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": config.encoder_intermediate_size,
+        "max_position_embeddings": config.text_length,
+        "model_type": "dia_encoder",
+        "norm_eps": config.norm_eps,
+        "num_attention_heads": config.encoder_heads,
+        "num_hidden_layers": config.encoder_layers,
+        "num_key_value_heads": config.encoder_kv_heads,
+        "rope_scaling": None,
+        "rope_theta": config.rope_theta,
+        "vocab_size": config.text_vocab_size,
+    }
+    decoder = {
+        "cross_head_dim": config.cross_head_dim,
+        "cross_hidden_size": config.encoder_hidden_size,
+        "cross_num_attention_heads": config.cross_heads,
+        "cross_num_key_value_heads": config.cross_kv_heads,
+        "head_dim": config.decoder_head_dim,
+        "hidden_act": "silu",
+        "hidden_size": config.decoder_hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": config.decoder_intermediate_size,
+        "max_position_embeddings": config.audio_length,
+        "model_type": "dia_decoder",
+        "norm_eps": config.norm_eps,
+        "num_attention_heads": config.decoder_heads,
+        "num_channels": config.channels,
+        "num_hidden_layers": config.decoder_layers,
+        "num_key_value_heads": config.decoder_kv_heads,
+        "rope_scaling": None,
+        "rope_theta": config.rope_theta,
+        "vocab_size": config.audio_vocab_size,
+    }
+    return {
+        "architectures": ["DiaForConditionalGeneration"],
+        "bos_token_id": config.bos_token_id,
+        "decoder_config": decoder,
+        "delay_pattern": list(config.delay_pattern),
+        "encoder_config": encoder,
+        "eos_token_id": config.eos_token_id,
+        "initializer_range": 0.02,
+        "is_encoder_decoder": True,
+        "model_type": "dia",
+        "norm_eps": config.norm_eps,
+        "pad_token_id": config.pad_token_id,
+        "torch_dtype": "float32",
+        "transformers_version": _TRANSFORMERS_VERSION,
+        "use_cache": True,
+    }
+
+
+def generation_config_json(config: Dia1Config) -> dict[str, Any]:
+    """The generation_config.json shipped with ``nari-labs/Dia-1.6B-0626`` (transformers sampling defaults)."""
+    return {
+        "bos_token_id": config.bos_token_id,
+        "do_sample": True,
+        "eos_token_id": config.eos_token_id,
+        "guidance_scale": 3.0,
+        "max_length": config.audio_length,
+        "pad_token_id": config.pad_token_id,
+        "temperature": 1.2,
+        "top_k": 45,
+        "top_p": 0.95,
+        "transformers_version": _TRANSFORMERS_VERSION,
+    }
+
+
+def _plain_number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _write_json(path: Path, content: dict[str, Any]) -> None:
+    path.write_text(json.dumps(content, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Weight files
+# --------------------------------------------------------------------------------------------------------
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({name: t.contiguous() for name, t in tensors.items()}, str(path), metadata={"format": "pt"})
+
+
+def _write_hf_shards(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    """Two shards split at half the bytes, plus the index, as ``save_pretrained`` lays them out."""
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    shards: list[dict[str, torch.Tensor]] = [{}, {}]
+    written = 0
+    for name, tensor in tensors.items():
+        shards[0 if written < total / 2 else 1][name] = tensor
+        written += tensor.numel() * tensor.element_size()
+    weight_map = {}
+    for number, shard in enumerate(shards, start=1):
+        filename = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+        _save_safetensors(shard, directory / filename)
+        weight_map.update({name: filename for name in shard})
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    _write_json(directory / "model.safetensors.index.json", index)
+
+
+def _write_tiny_dac(directory: Path, *, seed: int, config_overrides: dict[str, Any] | None) -> Path:
+    from transformers import DacConfig, DacModel
+
+    settings = {
+        "encoder_hidden_size": 4,
+        "downsampling_ratios": [2, 4, 8, 8],
+        "decoder_hidden_size": 16,
+        "n_codebooks": 9,
+        "codebook_size": 1024,
+        "codebook_dim": 8,
+        "sampling_rate": 44100,
+        **(config_overrides or {}),
+    }
+    torch.manual_seed(seed)
+    model = DacModel(DacConfig(**settings)).eval()
+    model.save_pretrained(directory)
+    return directory
+
+
+# --------------------------------------------------------------------------------------------------------
+# Hub cache
+# --------------------------------------------------------------------------------------------------------
+
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def seed_hub_cache(
+    cache_dir: str | os.PathLike, repo_id: str, source_dir: str | os.PathLike, *, revision: str = "main"
+) -> Path:
+    """Copy ``source_dir`` into a Hub-cache snapshot of ``repo_id`` at ``revision``; return the snapshot path.
+
+    Lays out ``models--{org}--{name}/snapshots/<commit>/...`` and ``refs/<revision>`` (unless the revision is
+    itself a commit hash), which is all ``hf_hub_download(..., local_files_only=True)`` and
+    :func:`faster_dia.hub.open_repo` need with ``HF_HUB_CACHE=cache_dir``. The commit hash is derived from
+    the repo id, the revision and the file names and sizes, so seeding is reproducible.
+    """
+    source = Path(source_dir)
+    if not source.is_dir():
+        raise InvalidInputError(f"The directory to seed the Hub cache from, {source}, does not exist.")
+    if _COMMIT_RE.match(revision):
+        commit = revision
+    else:
+        digest = hashlib.sha1(f"{repo_id}\0{revision}".encode())
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            digest.update(f"\0{path.relative_to(source).as_posix()}\0{path.stat().st_size}".encode())
+        commit = digest.hexdigest()
+    repo_dir = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo_dir / "snapshots" / commit
+    shutil.copytree(source, snapshot, dirs_exist_ok=True)
+    if commit != revision:
+        ref = repo_dir / "refs" / revision
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+    return snapshot
+
+
+# --------------------------------------------------------------------------------------------------------
+# Reference forward pass
+# --------------------------------------------------------------------------------------------------------
+
+
+def nari_reference_logits(
+    state_dict: dict[str, torch.Tensor],
+    config: Dia1Config,
+    text_ids: torch.Tensor,
+    audio_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Teacher-forced logits [B, T, channels, audio_vocab] straight from a nari-format state dict.
+
+    A slow, literal fp32 transcription of the nari model (DenseGeneral tensordots, attention scale 1.0,
+    GQA by repeat-interleave, half-split RoPE, SwiGLU, pre-norm RMSNorm residuals, nari masks: text id 0 is
+    padding), used to cross-check the weight conversion and faster implementations. Cross-attention applies
+    RoPE only for the original variant. ``text_ids`` is [B, S]; ``audio_ids`` is [B, T, channels].
+    """
+    sd = {name: t.float() for name, t in state_dict.items()}
+    c = config
+    batch, text_len = text_ids.shape
+    text_pos = torch.arange(text_len).expand(batch, text_len)
+    audio_pos = torch.arange(audio_ids.shape[1]).expand(batch, audio_ids.shape[1])
+    real = text_ids != c.text_pad_token_id
+    # nari encoder mask: real attends to real, padding attends to padding.
+    enc_mask = (real[:, :, None] & real[:, None, :]) | (~real[:, :, None] & ~real[:, None, :])
+    cross_mask = real[:, None, :].expand(batch, audio_ids.shape[1], text_len)
+    causal = torch.ones(audio_ids.shape[1], audio_ids.shape[1], dtype=torch.bool).tril()
+
+    x = sd["encoder.embedding.weight"][text_ids]
+    for i in range(c.encoder_layers):
+        p = f"encoder.layers.{i}."
+        h = _rms(x, sd[p + "pre_sa_norm.weight"], c.norm_eps)
+        q = _rope(_dense(h, sd[p + "self_attention.q_proj.weight"]), text_pos, c.rope_theta)
+        k = _rope(_dense(h, sd[p + "self_attention.k_proj.weight"]), text_pos, c.rope_theta)
+        v = _dense(h, sd[p + "self_attention.v_proj.weight"])
+        x = x + _dense(_attend(q, k, v, enc_mask), sd[p + "self_attention.o_proj.weight"], n_in=2)
+        h = _rms(x, sd[p + "post_sa_norm.weight"], c.norm_eps)
+        x = x + _swiglu(h, sd[p + "mlp.wi_fused.weight"], sd[p + "mlp.wo.weight"])
+    encoded = _rms(x, sd["encoder.norm.weight"], c.norm_eps)
+
+    y = sum(sd[f"decoder.embeddings.{ch}.weight"][audio_ids[..., ch]] for ch in range(c.channels))
+    for i in range(c.decoder_layers):
+        p = f"decoder.layers.{i}."
+        h = _rms(y, sd[p + "pre_sa_norm.weight"], c.norm_eps)
+        q = _rope(_dense(h, sd[p + "self_attention.q_proj.weight"]), audio_pos, c.rope_theta)
+        k = _rope(_dense(h, sd[p + "self_attention.k_proj.weight"]), audio_pos, c.rope_theta)
+        v = _dense(h, sd[p + "self_attention.v_proj.weight"])
+        y = y + _dense(_attend(q, k, v, causal), sd[p + "self_attention.o_proj.weight"], n_in=2)
+        h = _rms(y, sd[p + "pre_ca_norm.weight"], c.norm_eps)
+        q = _dense(h, sd[p + "cross_attention.q_proj.weight"])
+        k = _dense(encoded, sd[p + "cross_attention.k_proj.weight"])
+        v = _dense(encoded, sd[p + "cross_attention.v_proj.weight"])
+        if c.cross_attention_rope:
+            q = _rope(q, audio_pos, c.rope_theta)
+            k = _rope(k, text_pos, c.rope_theta)
+        y = y + _dense(_attend(q, k, v, cross_mask), sd[p + "cross_attention.o_proj.weight"], n_in=2)
+        h = _rms(y, sd[p + "pre_mlp_norm.weight"], c.norm_eps)
+        y = y + _swiglu(h, sd[p + "mlp.wi_fused.weight"], sd[p + "mlp.wo.weight"])
+    y = _rms(y, sd["decoder.norm.weight"], c.norm_eps)
+    return _dense(y, sd["decoder.logits_dense.weight"])
+
+
+def _dense(x: torch.Tensor, kernel: torch.Tensor, n_in: int = 1) -> torch.Tensor:
+    return torch.tensordot(x, kernel, dims=(list(range(x.ndim - n_in, x.ndim)), list(range(n_in))))
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _rope(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    timescale = theta ** (2 * torch.arange(half, dtype=torch.float32) / x.shape[-1])
+    angle = positions[:, :, None, None].float() / timescale
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()], dim=-1)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    groups = q.shape[2] // k.shape[2]
+    k = k.repeat_interleave(groups, dim=2)
+    v = v.repeat_interleave(groups, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k)
+    scores = scores.masked_fill(~allowed.expand(q.shape[0], -1, -1)[:, None], float("-inf"))
+    return torch.einsum("bhqk,bkhd->bqhd", scores.softmax(dim=-1), v)
+
+
+def _swiglu(x: torch.Tensor, wi_fused: torch.Tensor, wo: torch.Tensor) -> torch.Tensor:
+    fused = _dense(x, wi_fused)
+    return _dense(torch.nn.functional.silu(fused[..., 0, :]) * fused[..., 1, :], wo)
