@@ -93,8 +93,8 @@ class Repo:
     revision: str | None = None
     what: str = "model"
     cache_dir: Path | None = None
-    _remote_files: set[str] | None = field(default=None, repr=False)
-    _reachable: bool | None = field(default=None, repr=False)
+    _remote_files: set[str] | None = field(default=None, init=False, repr=False)
+    _reachable: bool | None = field(default=None, init=False, repr=False)
 
     @property
     def is_local(self) -> bool:

@@ -161,3 +161,66 @@ def test_environment_is_read_at_call_time(monkeypatch, tmp_path):
     for value, expected in (("1", True), ("true", True), ("0", False), ("", False)):
         monkeypatch.setenv("HF_HUB_OFFLINE", value)
         assert hub_offline() is expected
+
+
+class FakeHub:
+    """Stands in for the Hub: serves the files of one directory and records the calls."""
+
+    def __init__(self, source: Path, error: Exception | None = None):
+        self.source = source
+        self.error = error
+        self.downloads: list[tuple[str, str, str | None, str]] = []
+        self.listings = 0
+
+    def hf_hub_download(self, repo_id, filename, *, revision=None, cache_dir=None, **kwargs):
+        if self.error is not None:
+            raise self.error
+        self.downloads.append((repo_id, filename, revision, cache_dir))
+        return str(self.source / filename)
+
+    def list_repo_files(self, api, repo_id, *, revision=None, **kwargs):
+        self.listings += 1
+        if self.error is not None:
+            raise self.error
+        return sorted(p.name for p in self.source.iterdir())
+
+
+@pytest.fixture
+def online(cache, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr("faster_dia.hub.hub_reachable", lambda *args, **kwargs: True)
+
+    def install(fake: FakeHub) -> FakeHub:
+        monkeypatch.setattr("huggingface_hub.hf_hub_download", fake.hf_hub_download)
+        monkeypatch.setattr(
+            "huggingface_hub.HfApi.list_repo_files",
+            lambda api, repo_id, **kwargs: fake.list_repo_files(api, repo_id, **kwargs),
+        )
+        return fake
+
+    return install
+
+
+def test_download_when_online(sources, cache, online):
+    fake = online(FakeHub(sources["dia-1.6b-0626"]))
+    ckpt = load_checkpoint(REPO, revision="v1")
+    assert ckpt.layout == LAYOUT_HF_SAFETENSORS
+    assert fake.listings == 1
+    assert {name for _, name, _, _ in fake.downloads} == {
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    }
+    assert all(revision == "v1" and cache_dir == str(cache) for _, _, revision, cache_dir in fake.downloads)
+
+
+def test_hub_errors_become_model_not_found(sources, online):
+    httpx = pytest.importorskip("httpx")
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    response = httpx.Response(404, request=httpx.Request("GET", "https://huggingface.co/api/models/x"))
+    online(FakeHub(sources["dia-1.6b"], error=RepositoryNotFoundError("404", response=response)))
+    with pytest.raises(ModelNotFoundError, match="does not exist on the Hub"):
+        load_checkpoint("tiny-org/no-such-repo")
