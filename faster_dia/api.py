@@ -278,14 +278,14 @@ class TextToSpeech:
         requests = [
             self._request(s, seed=sd, audio_prompt=p, audio_prompt_transcript=t,
                           audio_prompt_sample_rate=audio_prompt_sample_rate, **params)
-            for s, sd, p, t in zip(scripts, seeds, prompts, transcripts)
+            for s, sd, p, t in zip(scripts, seeds, prompts, transcripts, strict=True)
         ]
         with self._lock:
             codes = self._run(requests, progress)
         results = [
             Speech(audio=np.clip(self.codec.decode(c), -1.0, 1.0), sample_rate=self.sample_rate,
                    codes=c.numpy(), seed=r.seed)
-            for c, r in zip(codes, requests)
+            for c, r in zip(codes, requests, strict=True)
         ]
         return results[0] if single else results
 

@@ -45,7 +45,7 @@ EXPECTED_LAYOUT = {
 
 
 @pytest.fixture(scope="module")
-def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+def layout_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tiny")
     return {kind: write_tiny_checkpoint(kind, root / kind, seed=7) for kind in DIA_KINDS}
 
@@ -64,15 +64,15 @@ def _same_state_dicts(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) ->
 # --------------------------------------------------------------------------------------------------------
 
 
-def test_all_layouts_load_to_identical_hf_state_dicts(tiny_dirs):
-    loaded = {kind: load_checkpoint(path) for kind, path in tiny_dirs.items()}
+def test_all_layouts_load_to_identical_hf_state_dicts(layout_dirs):
+    loaded = {kind: load_checkpoint(path) for kind, path in layout_dirs.items()}
     reference = loaded["dia-1.6b"]
     expected = expected_hf_shapes(reference.config)
     for kind, ckpt in loaded.items():
         layout, variant = EXPECTED_LAYOUT[kind]
         assert ckpt.layout == layout
         assert ckpt.variant == variant == ckpt.config.variant
-        assert ckpt.source == str(tiny_dirs[kind])
+        assert ckpt.source == str(layout_dirs[kind])
         assert all(path.is_file() for path in ckpt.files)
         assert {name: tuple(t.shape) for name, t in ckpt.state_dict.items()} == expected
         assert all(t.dtype == torch.float32 for t in ckpt.state_dict.values())
@@ -146,11 +146,11 @@ def test_tiny_logits_are_not_degenerate():
     assert logits.argmax(-1).unique().numel() > 10
 
 
-def test_transformers_loads_the_0626_layout(tiny_dirs):
+def test_transformers_loads_the_0626_layout(layout_dirs):
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
     model, info = transformers.DiaForConditionalGeneration.from_pretrained(
-        tiny_dirs["dia-1.6b-0626"], output_loading_info=True
+        layout_dirs["dia-1.6b-0626"], output_loading_info=True
     )
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     config = tiny_dia_config(VARIANT_0626)
@@ -176,8 +176,8 @@ def test_reference_cross_attention_rope_follows_variant():
     assert not torch.allclose(with_rope, without)
 
 
-def test_published_file_sets(tiny_dirs):
-    files = {kind: sorted(p.name for p in path.iterdir()) for kind, path in tiny_dirs.items()}
+def test_published_file_sets(layout_dirs):
+    files = {kind: sorted(p.name for p in path.iterdir()) for kind, path in layout_dirs.items()}
     assert files["dia-1.6b"] == ["config.json", "model.safetensors"]
     assert files["dia-1.6b-pth"] == ["config.json", "dia-v0_1.pth"]
     assert files["dia-1.6b-0626"] == [
@@ -188,7 +188,7 @@ def test_published_file_sets(tiny_dirs):
         "model.safetensors.index.json",
     ]
     assert files["dia-1.6b-0626-bin"] == ["config.json", "pytorch_model.bin"]
-    index = json.loads((tiny_dirs["dia-1.6b-0626"] / "model.safetensors.index.json").read_text())
+    index = json.loads((layout_dirs["dia-1.6b-0626"] / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {
         "model-00001-of-00002.safetensors",
         "model-00002-of-00002.safetensors",
@@ -196,15 +196,15 @@ def test_published_file_sets(tiny_dirs):
     assert index["metadata"]["total_size"] == 4 * sum(
         math.prod(s) for s in expected_hf_shapes(tiny_dia_config(VARIANT_0626)).values()
     )
-    nari_config = json.loads((tiny_dirs["dia-1.6b"] / "config.json").read_text())
+    nari_config = json.loads((layout_dirs["dia-1.6b"] / "config.json").read_text())
     assert {"version", "model", "training", "data"} <= set(nari_config)
-    hf_config = json.loads((tiny_dirs["dia-1.6b-0626"] / "config.json").read_text())
+    hf_config = json.loads((layout_dirs["dia-1.6b-0626"] / "config.json").read_text())
     assert hf_config["model_type"] == "dia" and "rope_theta" in hf_config["decoder_config"]
 
 
-def test_variant_comes_from_the_files_not_the_name(tiny_dirs, tmp_path):
-    renamed_new = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "Dia-1.6B")
-    renamed_old = _copy(tiny_dirs["dia-1.6b"], tmp_path / "Dia-1.6B-0626")
+def test_variant_comes_from_the_files_not_the_name(layout_dirs, tmp_path):
+    renamed_new = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "Dia-1.6B")
+    renamed_old = _copy(layout_dirs["dia-1.6b"], tmp_path / "Dia-1.6B-0626")
     assert load_checkpoint(renamed_new).variant == VARIANT_0626
     assert load_checkpoint(renamed_old).variant == VARIANT_ORIGINAL
 
@@ -234,7 +234,7 @@ def test_nari_schema_maps_every_field():
     assert parse_config(raw) == config
 
 
-def test_transformers_v5_config_spelling(tiny_dirs):
+def test_transformers_v5_config_spelling(layout_dirs):
     config = tiny_dia_config(
         VARIANT_0626, {"rope_theta": 20000.0, "eos_token_id": 1001, "bos_token_id": 1002}
     )
@@ -248,18 +248,18 @@ def test_transformers_v5_config_spelling(tiny_dirs):
     assert parse_config(raw) == config
 
 
-def test_transformers_v5_save_pretrained_loads(tiny_dirs, tmp_path):
+def test_transformers_v5_save_pretrained_loads(layout_dirs, tmp_path):
     transformers = pytest.importorskip("transformers")
     transformers.logging.set_verbosity_error()
-    model = transformers.DiaForConditionalGeneration.from_pretrained(tiny_dirs["dia-1.6b-0626"])
+    model = transformers.DiaForConditionalGeneration.from_pretrained(layout_dirs["dia-1.6b-0626"])
     model.save_pretrained(tmp_path / "v5")
     saved = json.loads((tmp_path / "v5" / "config.json").read_text())
     assert "rope_parameters" in saved["decoder_config"]
     ckpt = load_checkpoint(tmp_path / "v5")
     assert ckpt.layout == LAYOUT_HF_SAFETENSORS
     assert [p.name for p in ckpt.files] == ["config.json", "model.safetensors"]
-    assert ckpt.config == load_checkpoint(tiny_dirs["dia-1.6b-0626"]).config
-    assert _same_state_dicts(ckpt.state_dict, load_checkpoint(tiny_dirs["dia-1.6b"]).state_dict)
+    assert ckpt.config == load_checkpoint(layout_dirs["dia-1.6b-0626"]).config
+    assert _same_state_dicts(ckpt.state_dict, load_checkpoint(layout_dirs["dia-1.6b"]).state_dict)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -329,15 +329,15 @@ def _edit_shard(directory: Path, shard: str, edit) -> None:
 NARI_VICTIM = "decoder.layers.1.cross_attention.v_proj.weight"
 
 
-def test_nari_missing_tensor(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "m")
+def test_nari_missing_tensor(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "m")
     _edit_safetensors(directory / "model.safetensors", lambda t: t.pop(NARI_VICTIM))
     with pytest.raises(CheckpointError, match=rf"missing {NARI_VICTIM}"):
         load_checkpoint(directory)
 
 
-def test_nari_unexpected_tensor(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "m")
+def test_nari_unexpected_tensor(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "m")
     _edit_safetensors(
         directory / "model.safetensors", lambda t: t.update({"decoder.extra.weight": torch.ones(2)})
     )
@@ -345,8 +345,8 @@ def test_nari_unexpected_tensor(tiny_dirs, tmp_path):
         load_checkpoint(directory)
 
 
-def test_nari_misshaped_tensor(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "m")
+def test_nari_misshaped_tensor(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "m")
 
     def reshape(tensors):
         tensors[NARI_VICTIM] = tensors[NARI_VICTIM].reshape(32, 64).contiguous()
@@ -357,8 +357,8 @@ def test_nari_misshaped_tensor(tiny_dirs, tmp_path):
     assert f"{NARI_VICTIM} (expected [32, 4, 16], found [32, 64])" in str(error.value)
 
 
-def test_nari_pth_missing_tensor(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b-pth"], tmp_path / "m")
+def test_nari_pth_missing_tensor(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b-pth"], tmp_path / "m")
     tensors = torch.load(directory / "dia-v0_1.pth", weights_only=True)
     del tensors["encoder.norm.weight"]
     torch.save(tensors, directory / "dia-v0_1.pth")
@@ -366,31 +366,31 @@ def test_nari_pth_missing_tensor(tiny_dirs, tmp_path):
         load_checkpoint(directory)
 
 
-def test_hf_shard_missing_unexpected_and_misshaped(tiny_dirs, tmp_path):
+def test_hf_shard_missing_unexpected_and_misshaped(layout_dirs, tmp_path):
     shard = "model-00002-of-00002.safetensors"
     victim = "model.decoder.layers.1.mlp.down_proj.weight"
-    index = json.loads((tiny_dirs["dia-1.6b-0626"] / "model.safetensors.index.json").read_text())
+    index = json.loads((layout_dirs["dia-1.6b-0626"] / "model.safetensors.index.json").read_text())
     assert index["weight_map"][victim] == shard
 
-    directory = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "missing")
+    directory = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "missing")
     _edit_shard(directory, shard, lambda t: t.pop(victim))
     with pytest.raises(CheckpointError, match=rf"missing {victim}"):
         load_checkpoint(directory)
 
-    directory = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "unexpected")
+    directory = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "unexpected")
     _edit_shard(directory, shard, lambda t: t.update({"model.decoder.bias": torch.zeros(3)}))
     with pytest.raises(CheckpointError, match=r"unexpected model\.decoder\.bias"):
         load_checkpoint(directory)
 
-    directory = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "shape")
+    directory = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "shape")
     _edit_shard(directory, shard, lambda t: t.update({victim: t[victim].T.contiguous()}))
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(directory)
     assert f"{victim} (expected [48, 96], found [96, 48])" in str(error.value)
 
 
-def test_shard_index_must_match_the_shards(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "m")
+def test_shard_index_must_match_the_shards(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "m")
     victim = "logits_dense.weight"
     shard = json.loads((directory / "model.safetensors.index.json").read_text())["weight_map"][victim]
     _edit_safetensors(directory / shard, lambda t: t.pop(victim))
@@ -398,20 +398,20 @@ def test_shard_index_must_match_the_shards(tiny_dirs, tmp_path):
         load_checkpoint(directory)
 
 
-def test_missing_shard_file(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "m")
+def test_missing_shard_file(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "m")
     (directory / "model-00001-of-00002.safetensors").unlink()
     with pytest.raises(ModelNotFoundError, match="model-00001-of-00002.safetensors"):
         load_checkpoint(directory)
 
 
-def test_derived_buffers_are_tolerated(tiny_dirs, tmp_path):
-    nari_dir = _copy(tiny_dirs["dia-1.6b"], tmp_path / "nari")
+def test_derived_buffers_are_tolerated(layout_dirs, tmp_path):
+    nari_dir = _copy(layout_dirs["dia-1.6b"], tmp_path / "nari")
     _edit_safetensors(
         nari_dir / "model.safetensors",
         lambda t: t.update({"decoder.layers.0.self_attention.rotary_emb.timescale": torch.ones(8)}),
     )
-    hf_dir = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "hf")
+    hf_dir = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "hf")
     _edit_shard(
         hf_dir,
         "model-00001-of-00002.safetensors",
@@ -422,13 +422,13 @@ def test_derived_buffers_are_tolerated(tiny_dirs, tmp_path):
             }
         ),
     )
-    reference = load_checkpoint(tiny_dirs["dia-1.6b"]).state_dict
+    reference = load_checkpoint(layout_dirs["dia-1.6b"]).state_dict
     assert _same_state_dicts(load_checkpoint(nari_dir).state_dict, reference)
     assert _same_state_dicts(load_checkpoint(hf_dir).state_dict, reference)
 
 
-def test_mixed_naming_is_refused(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "m")
+def test_mixed_naming_is_refused(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "m")
     _edit_safetensors(
         directory / "model.safetensors", lambda t: t.update({"logits_dense.weight": torch.ones(1)})
     )
@@ -436,46 +436,46 @@ def test_mixed_naming_is_refused(tiny_dirs, tmp_path):
         load_checkpoint(directory)
 
 
-def test_wrapped_pth_is_unwrapped(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b-pth"], tmp_path / "m")
+def test_wrapped_pth_is_unwrapped(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b-pth"], tmp_path / "m")
     tensors = torch.load(directory / "dia-v0_1.pth", weights_only=True)
     torch.save({"state_dict": tensors}, directory / "dia-v0_1.pth")
     assert _same_state_dicts(
-        load_checkpoint(directory).state_dict, load_checkpoint(tiny_dirs["dia-1.6b"]).state_dict
+        load_checkpoint(directory).state_dict, load_checkpoint(layout_dirs["dia-1.6b"]).state_dict
     )
 
 
-def test_weight_file_preference(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "both")
-    shutil.copy(tiny_dirs["dia-1.6b-pth"] / "dia-v0_1.pth", directory)
+def test_weight_file_preference(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "both")
+    shutil.copy(layout_dirs["dia-1.6b-pth"] / "dia-v0_1.pth", directory)
     assert load_checkpoint(directory).layout == LAYOUT_NARI_SAFETENSORS
-    directory = _copy(tiny_dirs["dia-1.6b-0626"], tmp_path / "hf-and-bin")
-    shutil.copy(tiny_dirs["dia-1.6b-0626-bin"] / "pytorch_model.bin", directory)
+    directory = _copy(layout_dirs["dia-1.6b-0626"], tmp_path / "hf-and-bin")
+    shutil.copy(layout_dirs["dia-1.6b-0626-bin"] / "pytorch_model.bin", directory)
     assert load_checkpoint(directory).layout == LAYOUT_HF_SAFETENSORS
 
 
-def test_no_weights_or_no_config(tiny_dirs, tmp_path):
+def test_no_weights_or_no_config(layout_dirs, tmp_path):
     directory = tmp_path / "config-only"
     directory.mkdir()
-    shutil.copy(tiny_dirs["dia-1.6b"] / "config.json", directory)
+    shutil.copy(layout_dirs["dia-1.6b"] / "config.json", directory)
     with pytest.raises(CheckpointError, match="none of the weight files"):
         load_checkpoint(directory)
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "no-config")
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "no-config")
     (directory / "config.json").unlink()
     with pytest.raises(ModelNotFoundError, match="config.json"):
         load_checkpoint(directory)
 
 
-def test_garbage_files_raise_checkpoint_errors(tiny_dirs, tmp_path):
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "bad-json")
+def test_garbage_files_raise_checkpoint_errors(layout_dirs, tmp_path):
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "bad-json")
     (directory / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot be read as JSON"):
         load_checkpoint(directory)
-    directory = _copy(tiny_dirs["dia-1.6b"], tmp_path / "bad-safetensors")
+    directory = _copy(layout_dirs["dia-1.6b"], tmp_path / "bad-safetensors")
     (directory / "model.safetensors").write_bytes(b"\x00" * 64)
     with pytest.raises(CheckpointError, match="not a valid safetensors file"):
         load_checkpoint(directory)
-    directory = _copy(tiny_dirs["dia-1.6b-pth"], tmp_path / "bad-pth")
+    directory = _copy(layout_dirs["dia-1.6b-pth"], tmp_path / "bad-pth")
     (directory / "dia-v0_1.pth").write_bytes(b"not a pickle")
     with pytest.raises(CheckpointError, match="cannot be read as a plain PyTorch state dict"):
         load_checkpoint(directory)

@@ -90,7 +90,7 @@ def test_greedy_generation_matches_with_eos_and_tail(tts, reference, batch):
     if len(batch) > 1:
         assert len(lengths) == len(batch)  # the scripts ended at different steps
     speeches = tts.generate(batch, temperature=0.0, max_new_tokens=400, seed=0)
-    for speech, audio in zip(speeches, ref_audio):
+    for speech, audio in zip(speeches, ref_audio, strict=True):
         np.testing.assert_allclose(speech.audio, np.clip(audio.numpy(), -1, 1), atol=1e-6)
 
 
