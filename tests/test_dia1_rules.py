@@ -12,7 +12,7 @@ from faster_dia.models.dia1.config import VARIANT_0626, VARIANT_ORIGINAL
 from faster_dia.models.dia1.delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
 from faster_dia.models.dia1.generator import Dia1Generator, Dia1Request
 from faster_dia.models.dia1.model import Dia1Model
-from faster_dia.models.dia1.sampling import process_logits, sample, seed_key
+from faster_dia.models.dia1.sampling import choose_tokens, seed_key
 from faster_dia.testing import nari_reference_logits, tiny_dia_config, tiny_nari_state_dict
 
 EOS, PAD, BOS = 1024, 1025, 1026
@@ -63,12 +63,18 @@ def _logits(channel0: dict[int, float], batch: int = 1) -> torch.Tensor:
     return logits
 
 
-def _greedy(variant, cond, uncond=None, *, cfg=0.0):
+def _choose(variant, cond, uncond=None, *, cfg=0.0, temperature=0.0, top_p=1.0, top_k=45, seed=0, position=1):
     uncond = cond if uncond is None else uncond
-    processed = process_logits(cond, uncond, variant=variant, cfg_scale=torch.tensor([cfg]),
-                               top_k=torch.tensor([45]), eos_token_id=EOS)
-    return sample(processed, variant=variant, temperature=torch.tensor([0.0]), top_p=torch.tensor([1.0]),
-                  top_k=torch.tensor([45]), keys=torch.tensor([0]), positions=torch.tensor([1]))[0]
+    B = cond.shape[0]
+    return choose_tokens(
+        cond, uncond, variant=variant, cfg_scale=torch.full((B,), cfg), temperature=torch.full((B,), temperature),
+        top_p=torch.full((B,), top_p), top_k=torch.full((B,), top_k), max_top_k=top_k,
+        keys=torch.full((B,), seed_key(seed)), positions=torch.full((B,), position), eos_token_id=EOS,
+    )
+
+
+def _greedy(variant, cond, uncond=None, *, cfg=0.0):
+    return _choose(variant, cond, uncond, cfg=cfg)[0]
 
 
 def test_original_rule_scales_the_eos_logit_by_0_8():
@@ -96,27 +102,32 @@ def test_0626_guidance_chooses_candidates_and_samples_the_conditional_logits():
     uncond = _logits({1: 2.0, 2: 1.0})
     assert _greedy(VARIANT_0626, cond, uncond, cfg=3.0)[0] == 1
     assert _greedy(VARIANT_ORIGINAL, cond, uncond, cfg=3.0)[0] == 2
-    # Outside the guided top-k nothing survives, even a conditional favourite.
+    # Outside the guided top-k nothing is ever sampled, even a conditional favourite.
     cond = torch.zeros(1, 9, 1028)
     cond[0, :, 0] = 10.0
     uncond = cond.clone()
     uncond[0, :, 0] = 50.0  # guidance pushes token 0 far down
-    processed = process_logits(cond, uncond, variant=VARIANT_0626, cfg_scale=torch.tensor([3.0]),
-                               top_k=torch.tensor([4]), eos_token_id=EOS)
-    assert torch.isinf(processed[0, 1:, 0]).all()
-    assert torch.isfinite(processed[0, 1]).sum() == 4
+    picks = torch.stack([_choose(VARIANT_0626, cond, uncond, cfg=3.0, temperature=1.0, top_k=4, position=p)[0]
+                         for p in range(200)])
+    assert (picks != 0).all()
+    assert len(set(picks[:, 1].tolist())) == 4  # four candidates per channel, all of them drawn
 
 
 def test_sampling_is_reproducible_per_seed_and_independent_of_the_batch():
-    logits = torch.randn(3, 9, 1028)
+    cond, uncond = torch.randn(3, 9, 1028), torch.randn(3, 9, 1028)
+    cond[2], uncond[2] = cond[0], uncond[0]
+    kwargs = dict(variant=VARIANT_0626, cfg_scale=torch.full((3,), 3.0), temperature=torch.full((3,), 1.2),
+                  top_p=torch.full((3,), 0.95), top_k=torch.full((3,), 45), max_top_k=45,
+                  positions=torch.tensor([5, 5, 5]), eos_token_id=EOS)
     keys = torch.tensor([seed_key(1), seed_key(2), seed_key(1)])
-    kwargs = dict(variant=VARIANT_0626, temperature=torch.full((3,), 1.2), top_p=torch.full((3,), 0.95),
-                  top_k=torch.full((3,), 45), positions=torch.tensor([5, 5, 5]))
-    logits[2] = logits[0]
-    batch = sample(logits, keys=keys, **kwargs)
+    batch = choose_tokens(cond, uncond, keys=keys, **kwargs)
     assert torch.equal(batch[0], batch[2])  # same seed, same logits, same tokens
-    alone = sample(logits[1:2], keys=keys[1:2], **{k: v[1:2] if k != "variant" else v for k, v in kwargs.items()})
+    one = {k: (v[1:2] if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()}
+    alone = choose_tokens(cond[1:2], uncond[1:2], keys=keys[1:2], **one)
     assert torch.equal(alone[0], batch[1])
+    other_seed = choose_tokens(cond[:1], uncond[:1], keys=torch.tensor([seed_key(3)]),
+                               **{k: (v[:1] if isinstance(v, torch.Tensor) else v) for k, v in kwargs.items()})
+    assert not torch.equal(other_seed[0], batch[0])
 
 
 def test_sampling_follows_the_distribution():
@@ -124,24 +135,16 @@ def test_sampling_follows_the_distribution():
     logits = torch.full((1, 9, 1028), -30.0)
     logits[0, :, 0] = math.log(3.0)
     logits[0, :, 1] = 0.0
-    picks = []
-    for position in range(2000):
-        token = sample(logits, variant=VARIANT_ORIGINAL, temperature=torch.tensor([1.0]), top_p=torch.tensor([1.0]),
-                       top_k=torch.tensor([45]), keys=torch.tensor([seed_key(5)]), positions=torch.tensor([position]))
-        picks.append(token[0])
-    share = (torch.stack(picks) == 0).float().mean().item()
+    picks = torch.stack([_choose(VARIANT_0626, logits, temperature=1.0, seed=5, position=p)[0] for p in range(2000)])
+    share = (picks == 0).float().mean().item()
     assert 0.72 < share < 0.78, share
 
 
 def test_top_p_keeps_the_smallest_set_reaching_p():
     logits = torch.full((1, 9, 1028), -30.0)
     logits[0, :, :3] = torch.log(torch.tensor([0.5, 0.3, 0.2]))
-    seen = set()
-    for position in range(300):
-        token = sample(logits, variant=VARIANT_ORIGINAL, temperature=torch.tensor([1.0]), top_p=torch.tensor([0.7]),
-                       top_k=torch.tensor([45]), keys=torch.tensor([seed_key(1)]), positions=torch.tensor([position]))
-        seen.update(token[0].tolist())
-    assert seen == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops before the third
+    picks = torch.stack([_choose(VARIANT_0626, logits, temperature=1.0, top_p=0.7, position=p)[0] for p in range(300)])
+    assert set(picks.flatten().tolist()) == {0, 1}  # 0.5 < 0.7 needs the second; 0.8 >= 0.7 stops before the third
 
 
 # ---------------------------------------------------------------------------------------------- cross-attention RoPE

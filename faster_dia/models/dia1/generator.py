@@ -31,7 +31,7 @@ from ...errors import InvalidInputError
 from .config import Dia1Config
 from .delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
 from .model import Dia1Model
-from .sampling import process_logits, sample, seed_key
+from .sampling import choose_tokens, seed_key
 
 _NO_EOS = 1 << 40
 
@@ -237,14 +237,12 @@ class Dia1Generator:
             text_length=max(s.text_length for s in states),
         ).view(hi, 2, c.channels, c.audio_vocab_size)
 
-        logits = process_logits(
-            logits[:, 0], logits[:, 1], variant=c.variant, cfg_scale=self.cfg_scale[span],
-            top_k=self.top_k[span], eos_token_id=c.eos_token_id,
-        )
         nxt = position + 1
-        token = sample(
-            logits, variant=c.variant, temperature=self.temperature[span], top_p=self.top_p[span],
-            top_k=self.top_k[span], keys=self.key[span], positions=nxt,
+        token = choose_tokens(
+            logits[:, 0], logits[:, 1], variant=c.variant, cfg_scale=self.cfg_scale[span],
+            temperature=self.temperature[span], top_p=self.top_p[span], top_k=self.top_k[span],
+            max_top_k=max(s.request.top_k for s in states), keys=self.key[span], positions=nxt,
+            eos_token_id=c.eos_token_id, sampling=any(s.request.temperature > 0 for s in states),
         )
 
         # EOS in channel 0 (or the forced stop) starts the delay tail: channel c ends d_c steps later.

@@ -41,20 +41,79 @@ def seed_key(seed: int) -> int:
     return int(_mix32(torch.tensor(lo ^ int(_mix32(torch.tensor(hi + 0x9E3779B9))), dtype=torch.int64)))
 
 
-def uniform_noise(keys: torch.Tensor, positions: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Uniform numbers in (0, 1) of shape [B, *shape] that depend only on each row's key and position."""
-    C, V = shape
-    cell = torch.arange(C * V, device=keys.device, dtype=torch.int64).view(1, C, V)
+def uniform_noise(keys: torch.Tensor, positions: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+    """Uniform numbers in (0, 1), one per entry of ``token_ids`` [B, C, K], that depend only on the row's key
+    and position, the channel and the token id."""
+    B, C, K = token_ids.shape
+    cell = token_ids + torch.arange(C, device=keys.device, dtype=torch.int64).view(1, C, 1) * 4096
     x = _mix32(keys[:, None, None] ^ _mix32(positions[:, None, None] * 0x9E37 + 0x632BE5AB))
     x = _mix32(x + cell * 0x3C6EF372)
     return ((x >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))
 
 
-def _keep_top_k(logits: torch.Tensor, ranking: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Mask ``logits`` outside the k best entries of ``ranking`` (per row of the last axis; k per batch row)."""
-    order = ranking.argsort(dim=-1, descending=True, stable=True)
-    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    return logits.masked_fill(ranks >= k.view(-1, *([1] * (logits.dim() - 1))), NEG_INF)
+def choose_tokens(
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    *,
+    variant: str,
+    cfg_scale: torch.Tensor,
+    temperature: torch.Tensor,
+    top_p: torch.Tensor,
+    top_k: torch.Tensor,
+    max_top_k: int,
+    keys: torch.Tensor,
+    positions: torch.Tensor,
+    eos_token_id: int,
+    sampling: bool = True,
+) -> torch.Tensor:
+    """One token per (request, channel) from conditional and unconditional logits [B, C, V] -> [B, C].
+
+    Per-request tensors ([B]) carry each request's parameters; ``max_top_k`` (a host int, the largest top_k
+    in the batch) bounds the candidate set, so after guidance everything runs on [B, C, max_top_k] instead of
+    the whole vocabulary. Rows with temperature 0 are greedy; ``sampling=False`` skips the random draw when
+    every row is greedy."""
+    B, C, V = cond.shape
+    guided = cond + cfg_scale.view(-1, 1, 1) * (cond - uncond)
+    vocab = torch.arange(V, device=cond.device)
+    # Only channel 0 may end the sequence; PAD, BOS and the unused id are never sampled.
+    invalid = torch.where(torch.arange(C, device=cond.device)[:, None] == 0, vocab > eos_token_id,
+                          vocab >= eos_token_id)
+    k = min(max_top_k, V)
+    if variant == VARIANT_ORIGINAL:
+        guided = guided.masked_fill(invalid, NEG_INF)
+        guided[:, 0, eos_token_id] *= 0.8
+        # The original removes EOS (unless it is the best) before its top-k, so EOS never takes a place.
+        eos_not_best = guided[:, 0].argmax(dim=-1) != eos_token_id
+        guided[:, 0, eos_token_id] = torch.where(eos_not_best, NEG_INF, guided[:, 0, eos_token_id])
+        values, ids = guided.topk(k, dim=-1)
+    else:
+        # Guidance picks the candidates (before the masks, as the reference does); the conditional logits of
+        # those candidates are what gets sampled.
+        ids = guided.topk(k, dim=-1).indices
+        values = cond.gather(-1, ids).masked_fill(invalid[None].expand(B, C, V).gather(-1, ids), NEG_INF)
+    rank = torch.arange(k, device=cond.device)
+    values = values.masked_fill(rank >= top_k.view(-1, 1, 1), NEG_INF)
+
+    # EOS in channel 0 only when it is the best candidate; 0626 then forces it.
+    best = values.argmax(dim=-1, keepdim=True)
+    best_id = ids.gather(-1, best)
+    is_eos = ids == eos_token_id
+    eos_is_best = (best_id == eos_token_id) & (torch.arange(C, device=cond.device)[:, None] == 0)
+    values = torch.where(~eos_is_best & is_eos, NEG_INF, values)
+    if variant != VARIANT_ORIGINAL:
+        values = torch.where(eos_is_best & ~is_eos, NEG_INF, values)
+    greedy = ids.gather(-1, values.argmax(dim=-1, keepdim=True))[..., 0]
+    if not sampling:
+        return greedy
+
+    scaled = values / temperature.clamp_min(1e-6).view(-1, 1, 1)
+    scaled = _keep_top_p(scaled, top_p)
+    probs = scaled.softmax(dim=-1)
+    # Exponential race: argmax(p / E) with E ~ Exp(1) draws index i with probability p_i. The noise is keyed
+    # by token id, so a draw does not depend on the candidate order or on the batch.
+    race = probs / -torch.log(uniform_noise(keys, positions, ids))
+    sampled = ids.gather(-1, race.argmax(dim=-1, keepdim=True))[..., 0]
+    return torch.where((temperature == 0).view(-1, 1), greedy, sampled)
 
 
 def _keep_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -65,63 +124,3 @@ def _keep_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     remove[..., 1:] = remove[..., :-1].clone()
     remove[..., 0] = False
     return logits.masked_fill(remove.scatter(-1, order, remove), NEG_INF)
-
-
-def process_logits(
-    cond: torch.Tensor,
-    uncond: torch.Tensor,
-    *,
-    variant: str,
-    cfg_scale: torch.Tensor,
-    top_k: torch.Tensor,
-    eos_token_id: int,
-) -> torch.Tensor:
-    """Guidance, candidate filter and channel/EOS masks -> the logits to sample from, [B, 9, V]."""
-    scale = cfg_scale.view(-1, 1, 1)
-    guided = cond + scale * (cond - uncond)
-    if variant == VARIANT_ORIGINAL:
-        logits = guided.clone()
-    else:
-        logits = _keep_top_k(cond, guided, top_k)
-    # Only channel 0 may end the sequence; PAD, BOS and the unused id are never sampled.
-    logits[:, 1:, eos_token_id:] = NEG_INF
-    logits[:, 0, eos_token_id + 1 :] = NEG_INF
-    if variant == VARIANT_ORIGINAL:
-        logits[:, 0, eos_token_id] = logits[:, 0, eos_token_id] * 0.8
-    eos_is_best = logits[:, 0].argmax(dim=-1) == eos_token_id
-    channel0 = logits[:, 0]
-    if variant != VARIANT_ORIGINAL:
-        # EOS as best candidate is forced: everything below it is removed.
-        forced = channel0.clone()
-        forced[:, :eos_token_id] = NEG_INF
-        channel0 = torch.where(eos_is_best[:, None], forced, channel0)
-    suppressed = channel0.clone()
-    suppressed[:, eos_token_id] = NEG_INF
-    logits[:, 0] = torch.where(eos_is_best[:, None], channel0, suppressed)
-    return logits
-
-
-def sample(
-    logits: torch.Tensor,
-    *,
-    variant: str,
-    temperature: torch.Tensor,
-    top_p: torch.Tensor,
-    top_k: torch.Tensor,
-    keys: torch.Tensor,
-    positions: torch.Tensor,
-) -> torch.Tensor:
-    """Pick one token per (request, channel) from processed ``logits`` [B, 9, V]. Rows with temperature 0 are
-    greedy. Returns [B, 9] int64."""
-    greedy = logits.argmax(dim=-1)
-    t = temperature.clamp_min(1e-6).view(-1, 1, 1)
-    scaled = logits / t
-    if variant == VARIANT_ORIGINAL:
-        # The original rule applies top-k (the CFG filter's k) to the guided logits at sampling time.
-        scaled = _keep_top_k(scaled, scaled, top_k)
-    scaled = _keep_top_p(scaled, top_p)
-    probs = scaled.softmax(dim=-1)
-    # Exponential race: argmax(p / E) with E ~ Exp(1) draws index i with probability p_i.
-    race = probs / -torch.log(uniform_noise(keys, positions, tuple(logits.shape[1:])))
-    sampled = race.argmax(dim=-1)
-    return torch.where((temperature == 0).view(-1, 1), greedy, sampled)
