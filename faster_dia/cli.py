@@ -43,6 +43,20 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--prompt", type=Path, default=None, help="voice prompt audio (wav, flac, mp3, ogg)")
     speak.add_argument("--prompt-text", default=None, help="transcript of the voice prompt, with speaker tags")
     speak.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server",
+                           description="Example: faster-dia serve --port 8000 --api-key SECRET")
+    _add_model_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
+                       help="require 'Authorization: Bearer KEY' (repeatable; also FASTER_DIA_API_KEYS, "
+                            "comma-separated)")
+    serve.add_argument("--max-queue", type=int, default=8,
+                       help="requests that may wait while one generates; more get 503 (default 8)")
+    serve.add_argument("--chunk-frames", type=int, default=32,
+                       help="audio frames per streamed chunk, 86 = 1 s (default 32)")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -94,6 +108,33 @@ def _speak(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise FasterDiaError(f"Cannot write {args.output}: {exc}") from exc
     print(f"wrote {args.output} ({speech.duration:.2f} s at {speech.sample_rate} Hz), seed {speech.seed}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from .server import run
+    except ImportError as exc:
+        raise FasterDiaError(f"The server needs its extra dependencies: pip install 'faster-dia[server]' ({exc}).") \
+            from exc
+    from .api import DEFAULT_MODEL, load
+
+    if args.max_queue < 0:
+        raise FasterDiaError("--max-queue must be 0 or more.")
+    if args.chunk_frames < 1:
+        raise FasterDiaError("--chunk-frames must be at least 1.")
+    keys = [k for k in args.api_key if k.strip()]
+    keys += [k.strip() for k in os.environ.get("FASTER_DIA_API_KEYS", "").split(",") if k.strip()]
+    logging.getLogger("faster_dia").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
+               revision=args.revision)
+    if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
+        logging.getLogger("faster_dia.server").warning(
+            "listening on %s without API keys: anyone who can reach it can use it", args.host)
+    run(tts, host=args.host, port=args.port, api_keys=keys, max_queue=args.max_queue,
+        chunk_frames=args.chunk_frames, log_level="debug" if args.verbose else "info")
     return 0
 
 

@@ -44,6 +44,12 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
+def _looks_like_untyped_json(scope: Scope, body: bytes) -> bool:
+    content_type = (_header(scope, b"content-type") or b"").split(b";")[0].strip().lower()
+    return content_type in (b"", b"application/x-www-form-urlencoded", b"text/plain") and \
+        body.lstrip().startswith(b"{")
+
+
 class RequestContext:
     """Gives every request an id (``request.state.request_id``, echoed in ``X-Request-Id``) and turns an
     unhandled exception into a logged 500 with the OpenAI error body, without internals."""
@@ -128,7 +134,8 @@ class ApiKeyAuth:
 
 class BodyLimit:
     """Refuses request bodies over ``max_bytes`` with 413, whether announced by Content-Length or sent
-    chunked. Bodies here are small JSON documents, so the body is read up front and replayed."""
+    chunked. Bodies here are small JSON documents, so the body is read up front and replayed; a JSON
+    object sent without a JSON content type is labelled as JSON on the way."""
 
     def __init__(self, app: ASGIApp, max_bytes: int):
         self.app = app
@@ -162,13 +169,19 @@ class BodyLimit:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
+        body = b"".join(chunks)
+        if _looks_like_untyped_json(scope, body):
+            # curl -d sends form encoding unless told otherwise; a JSON object is what was meant.
+            scope = dict(scope)
+            scope["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k != b"content-type"]
+            scope["headers"].append((b"content-type", b"application/json"))
         replayed = False
 
         async def replay() -> Message:
             nonlocal replayed
             if not replayed:
                 replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                return {"type": "http.request", "body": body, "more_body": False}
             # Later calls wait for the disconnect, which streaming responses listen for.
             return await receive()
 
