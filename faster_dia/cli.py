@@ -79,10 +79,18 @@ def _speak(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .api import DEFAULT_MODEL, load
+    from .errors import InvalidInputError
+    from .script import normalize_script
 
-    script = _read_script(args)
+    # Check what the user typed before spending seconds on loading the model.
+    script = normalize_script(_read_script(args))
     if args.prompt is not None and not args.prompt.exists():
         raise FasterDiaError(f"Voice prompt file not found: {args.prompt}")
+    if args.prompt is not None and not args.prompt_text:
+        raise InvalidInputError("--prompt needs --prompt-text: the model continues the prompt's transcript, "
+                                "and without it the output is garbled.")
+    if args.prompt_text and args.prompt is None:
+        raise InvalidInputError("--prompt-text was given without --prompt.")
     tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
                revision=args.revision)
     bar = None if args.no_progress else tqdm(desc="generating", unit="s audio", bar_format=(
