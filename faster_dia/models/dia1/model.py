@@ -36,9 +36,8 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [B, H, T, D]; cos/sin: [B, T, D]. The two halves of the head vector are rotated as pairs."""
-    cos = cos[:, None]
-    sin = sin[:, None]
+    """Rotate the two halves of each head vector as pairs. x: [..., heads, head_dim] with cos/sin broadcasting
+    over the heads axis ([..., 1, head_dim])."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -173,6 +172,17 @@ class Dia1Model(nn.Module):
     def device(self) -> torch.device:
         return self.text_embedding.device
 
+    def _rope_table(self, positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for decoder ``positions`` [R, T] -> [R, T, 1, head_dim], from a table built once (same
+        arithmetic as computing them on the fly, so the values are identical)."""
+        tables = self.__dict__.setdefault("_rope_tables", {})
+        key = (head_dim, positions.device)
+        if key not in tables:
+            every = torch.arange(self.config.audio_length, device=positions.device)
+            tables[key] = rope_cos_sin(every, head_dim, self.config.rope_theta, self.dtype)
+        cos, sin = tables[key]
+        return cos[positions][:, :, None], sin[positions][:, :, None]
+
     # ------------------------------------------------------------------ encoder
 
     def encode(self, text: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
@@ -183,14 +193,15 @@ class Dia1Model(nn.Module):
         x = F.embedding(text, self.text_embedding)
         positions = torch.arange(S, device=text.device).expand(B, S)
         cos, sin = rope_cos_sin(positions, c.encoder_head_dim, c.rope_theta, x.dtype)
+        cos, sin = cos[:, :, None], sin[:, :, None]
         attn_mask = text_mask[:, None, None, :]
         nq, nkv, hd = c.encoder_heads, c.encoder_kv_heads, c.encoder_head_dim
         for layer in self.enc_layers:
             h = rms_norm(x, layer.attn_norm, c.norm_eps)
-            q, k, v = F.linear(h, layer.qkv).split([nq * hd, nkv * hd, nkv * hd], dim=-1)
-            q = apply_rope(q.view(B, S, nq, hd).transpose(1, 2), cos, sin)
-            k = apply_rope(k.view(B, S, nkv, hd).transpose(1, 2), cos, sin)
-            v = v.view(B, S, nkv, hd).transpose(1, 2)
+            qkv = F.linear(h, layer.qkv).view(B, S, nq + 2 * nkv, hd)
+            qk = apply_rope(qkv[:, :, : nq + nkv], cos, sin).transpose(1, 2)
+            q, k = qk[:, :nq], qk[:, nq:]
+            v = qkv[:, :, nq + nkv :].transpose(1, 2)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0, enable_gqa=nq != nkv)
             x = x + F.linear(a.transpose(1, 2).reshape(B, S, nq * hd), layer.out)
             x = x + swiglu(rms_norm(x, layer.mlp_norm, c.norm_eps), layer.gate_up, layer.down)
@@ -227,12 +238,14 @@ class Dia1Model(nn.Module):
         if c.cross_attention_rope:
             positions = torch.arange(S, device=encoder_states.device).expand(R, S)
             cos, sin = rope_cos_sin(positions, hd, c.rope_theta, self.dtype)
+            cos, sin = cos[:, :, None], sin[:, :, None]
         for i, layer in enumerate(self.dec_layers):
             k, v = F.linear(encoder_states, layer.cross_kv).split(nkv * hd, dim=-1)
-            k = k.view(R, S, nkv, hd).transpose(1, 2)
-            v = v.view(R, S, nkv, hd).transpose(1, 2)
+            k = k.view(R, S, nkv, hd)
             if c.cross_attention_rope:
                 k = apply_rope(k, cos, sin)
+            k = k.transpose(1, 2)
+            v = v.view(R, S, nkv, hd).transpose(1, 2)
             cache.cross_k[i][rows, :, :S] = k
             cache.cross_v[i][rows, :, :S] = v
 
@@ -257,9 +270,9 @@ class Dia1Model(nn.Module):
         x = F.embedding(tokens + self.channel_offsets, self.audio_embedding).sum(dim=2)
         nq, nkv, hd = c.decoder_heads, c.decoder_kv_heads, c.decoder_head_dim
         cq, ckv, chd = c.cross_heads, c.cross_kv_heads, c.cross_head_dim
-        cos, sin = rope_cos_sin(positions, hd, c.rope_theta, x.dtype)
+        cos, sin = self._rope_table(positions, hd)
         if c.cross_attention_rope:
-            ccos, csin = rope_cos_sin(positions, chd, c.rope_theta, x.dtype)
+            ccos, csin = self._rope_table(positions, chd)
         key_positions = torch.arange(kv_length, device=tokens.device)
         self_mask = (key_positions[None, None, :] <= positions[:, :, None])[:, None]  # [R, 1, T, kv]
         cross_mask = cache.cross_mask[rows, :text_length][:, None, None, :]  # [R, 1, 1, S]
@@ -271,21 +284,21 @@ class Dia1Model(nn.Module):
 
         for i, layer in enumerate(self.dec_layers):
             h = rms_norm(x, layer.self_norm, c.norm_eps)
-            q, k, v = F.linear(h, layer.self_qkv).split([nq * hd, nkv * hd, nkv * hd], dim=-1)
-            q = apply_rope(q.view(R, T, nq, hd).transpose(1, 2), cos, sin)
-            k = apply_rope(k.view(R, T, nkv, hd).transpose(1, 2), cos, sin)
-            v = v.view(R, T, nkv, hd)
-            cache.self_k[i][write_rows, :, positions] = k.transpose(1, 2)
-            cache.self_v[i][write_rows, :, positions] = v
+            qkv = F.linear(h, layer.self_qkv).view(R, T, nq + 2 * nkv, hd)
+            qk = apply_rope(qkv[:, :, : nq + nkv], cos, sin)
+            q = qk[:, :, :nq].transpose(1, 2)
+            cache.self_k[i][write_rows, :, positions] = qk[:, :, nq:]
+            cache.self_v[i][write_rows, :, positions] = qkv[:, :, nq + nkv :]
             keys = cache.self_k[i][rows, :, :kv_length]
             values = cache.self_v[i][rows, :, :kv_length]
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=self_mask, scale=1.0, enable_gqa=nq != nkv)
             x = x + F.linear(a.transpose(1, 2).reshape(R, T, nq * hd), layer.self_out)
 
             h = rms_norm(x, layer.cross_norm, c.norm_eps)
-            q = F.linear(h, layer.cross_q).view(R, T, cq, chd).transpose(1, 2)
+            q = F.linear(h, layer.cross_q).view(R, T, cq, chd)
             if c.cross_attention_rope:
                 q = apply_rope(q, ccos, csin)
+            q = q.transpose(1, 2)
             keys = cache.cross_k[i][rows, :, :text_length]
             values = cache.cross_v[i][rows, :, :text_length]
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=cross_mask, scale=1.0, enable_gqa=cq != ckv)
