@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import secrets
-import threading
 import time
 import wave
 from collections.abc import Callable, Sequence
@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .codecs.dac import DacCodec
+from .codecs.dac import DacCodec, IncrementalDecoder
+from .engine import Engine
 from .errors import InvalidInputError
 from .models.dia1.checkpoint import load_checkpoint
 from .models.dia1.config import VARIANT_ORIGINAL
@@ -101,8 +102,13 @@ def load(
     codec: str | os.PathLike | None = None,
     revision: str | None = None,
     codec_revision: str | None = None,
+    max_batch: int | None = None,
+    max_queue: int = 64,
 ) -> TextToSpeech:
-    """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate."""
+    """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate.
+
+    ``max_batch`` is how many requests are decoded together (caches for that many are allocated once;
+    default 16 on CUDA, 4 elsewhere); ``max_queue`` bounds the requests waiting for a slot."""
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     checkpoint = load_checkpoint(model, revision=revision)
@@ -116,21 +122,26 @@ def load(
         else ": guided top-k candidates, conditional sampling",
         dev, str(dt).removeprefix("torch."),
     )
-    return TextToSpeech(network, dac, model_id=checkpoint.source, variant=checkpoint.variant)
+    if max_batch is None:
+        max_batch = 16 if dev.type == "cuda" else 4
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
+    return TextToSpeech(network, dac, model_id=checkpoint.source, variant=checkpoint.variant,
+                        max_batch=max_batch, max_queue=max_queue)
 
 
 class TextToSpeech:
-    """A loaded model with its codec. ``generate`` is safe to call from several threads; calls run one
-    after another."""
+    """A loaded model with its codec. ``generate`` and ``stream`` are safe to call from many threads at once:
+    concurrent calls are decoded together by one engine thread that owns the model."""
 
-    def __init__(self, model: Dia1Model, codec: DacCodec, *, model_id: str, variant: str):
+    def __init__(self, model: Dia1Model, codec: DacCodec, *, model_id: str, variant: str, max_batch: int = 4,
+                 max_queue: int = 64):
         self.model = model
         self.codec = codec
         self.model_id = model_id
         self.variant = variant
         self.config = model.config
-        self._generator: Dia1Generator | None = None
-        self._lock = threading.Lock()
+        self.engine = Engine(Dia1Generator(model, max_batch=max_batch), max_queue=max_queue)
 
     @property
     def sample_rate(self) -> int:
@@ -280,8 +291,7 @@ class TextToSpeech:
                           audio_prompt_sample_rate=audio_prompt_sample_rate, **params)
             for s, sd, p, t in zip(scripts, seeds, prompts, transcripts, strict=True)
         ]
-        with self._lock:
-            codes = self._run(requests, progress)
+        codes = self._run(requests, progress)
         results = [
             Speech(audio=np.clip(self.codec.decode(c), -1.0, 1.0), sample_rate=self.sample_rate,
                    codes=c.numpy(), seed=r.seed)
@@ -316,35 +326,25 @@ class TextToSpeech:
             audio_prompt_sample_rate=audio_prompt_sample_rate, temperature=temperature, top_p=top_p, top_k=top_k,
             cfg_scale=cfg_scale, max_new_tokens=max_new_tokens,
         )
-        self._generator_for(1).validate(request)
+        self.engine.generator.validate(request)
         return SpeechStream(self, request, chunk_frames=chunk_frames)
 
     def _stream_chunks(self, stream: SpeechStream):
-        from .codecs.dac import IncrementalDecoder
-
-        with self._lock:
-            generator = self._generator_for(1)
-            state = generator.prepare(stream.request)
-            decoder = IncrementalDecoder(self.codec)
-            try:
-                pushed = 0
-                while True:
-                    if not state.finished:
-                        generator.step([state])
-                    final = state.final_frames
-                    stream.frames = final
-                    if final - pushed >= stream.chunk_frames or (state.finished and final > pushed):
-                        audio = decoder.push(generator.frames(state, pushed, final))
-                        pushed = final
-                        if audio.size:
-                            yield np.clip(audio, -1.0, 1.0)
-                    if state.finished:
-                        tail = decoder.flush()
-                        if tail.size:
-                            yield np.clip(tail, -1.0, 1.0)
-                        return
-            finally:
-                generator.release(state)
+        (submission,) = self.engine.submit([stream.request], chunk_frames=stream.chunk_frames)
+        decoder = IncrementalDecoder(self.codec)
+        try:
+            while True:
+                kind, payload = submission.events.get()
+                stream.frames = submission.frames
+                if kind == "error":
+                    raise payload
+                audio = decoder.push(payload) if kind == "frames" else decoder.flush()
+                if audio.size:
+                    yield np.clip(audio, -1.0, 1.0)
+                if kind == "done":
+                    return
+        finally:
+            submission.cancel()  # no-op once done; frees the slot when the consumer stops early
 
     @staticmethod
     def _per_item(value: Any, n: int, name: str, *, offset_ints: bool = False) -> list[Any]:
@@ -357,37 +357,35 @@ class TextToSpeech:
                     for i in range(n)]
         return [value] * n
 
-    def _generator_for(self, batch: int) -> Dia1Generator:
-        if self._generator is None or self._generator.max_batch < batch:
-            self._generator = None  # free the old caches before allocating larger ones
-            self._generator = Dia1Generator(self.model, max_batch=batch)
-        return self._generator
-
     def _run(self, requests: list[Dia1Request], progress: Callable[[Progress], None] | None) -> list[torch.Tensor]:
-        generator = self._generator_for(len(requests))
-        for r in requests:
-            generator.validate(r)
-        states = []
+        submissions = self.engine.submit(requests)
+        start = time.perf_counter()
+        codes: list[torch.Tensor | None] = [None] * len(submissions)
         try:
-            for r in requests:
-                states.append(generator.prepare(r))
-            start = time.perf_counter()
-            running = list(states)
-            while running:
-                generator.step(running)
-                running = [s for s in running if not s.finished]
-                if progress is not None:
-                    frames = sum(s.final_frames for s in states)
-                    progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
-            return [generator.finish(s) for s in states]
+            for i, sub in enumerate(submissions):
+                while True:
+                    try:
+                        kind, payload = sub.events.get(timeout=0.1 if progress is not None else None)
+                    except queue.Empty:
+                        frames = sum(s.frames for s in submissions)
+                        progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+                        continue
+                    if kind == "error":
+                        raise payload
+                    codes[i] = payload
+                    break
+            if progress is not None:
+                frames = sum(len(c) for c in codes)
+                progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+            return codes
         finally:
-            for s in states:
-                generator.release(s)
+            for sub in submissions:
+                sub.cancel()
 
 
 class SpeechStream:
     """Audio of one request, delivered in chunks while it is generated. Iterate it for float32 mono chunks;
-    ``close()`` (or leaving the iteration early) cancels the generation and frees its memory."""
+    ``close()`` (or leaving the iteration early) cancels the generation and frees its slot."""
 
     def __init__(self, tts: TextToSpeech, request: Dia1Request, *, chunk_frames: int = 32):
         self._tts = tts
