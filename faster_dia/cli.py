@@ -53,9 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="require 'Authorization: Bearer KEY' (repeatable; also FASTER_DIA_API_KEYS, "
                             "comma-separated)")
     serve.add_argument("--max-queue", type=int, default=8,
-                       help="requests that may wait while one generates; more get 503 (default 8)")
+                       help="requests that may wait for their turn; more get 503 (default 8)")
     serve.add_argument("--chunk-frames", type=int, default=32,
                        help="audio frames per streamed chunk, 86 = 1 s (default 32)")
+    serve.add_argument("--seed", type=int, default=None,
+                       help="seed for requests that send none, so every request gets the same voice "
+                            "(default: a random seed per request)")
     serve.set_defaults(handler=_serve)
     return parser
 
@@ -133,6 +136,8 @@ def _serve(args: argparse.Namespace) -> int:
         raise FasterDiaError("--max-queue must be 0 or more.")
     if args.chunk_frames < 1:
         raise FasterDiaError("--chunk-frames must be at least 1.")
+    if args.seed is not None and args.seed < 0:
+        raise FasterDiaError("--seed must be 0 or more.")
     keys = [k for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("FASTER_DIA_API_KEYS", "").split(",") if k.strip()]
     logging.getLogger("faster_dia").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -142,7 +147,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("faster_dia.server").warning(
             "listening on %s without API keys: anyone who can reach it can use it", args.host)
     run(tts, host=args.host, port=args.port, api_keys=keys, max_queue=args.max_queue,
-        chunk_frames=args.chunk_frames, log_level="debug" if args.verbose else "info")
+        chunk_frames=args.chunk_frames, default_seed=args.seed, log_level="debug" if args.verbose else "info")
     return 0
 
 

@@ -76,7 +76,7 @@ class Engine:
         with self._wake:
             if self._waiting and len(self._waiting) + len(submissions) > self.max_queue:
                 raise OverloadedError(
-                    f"The server is busy: {len(self._waiting)} requests are waiting (limit {self.max_queue}). "
+                    f"The model is busy: {len(self._waiting)} request(s) already wait for a slot (limit {self.max_queue}). "
                     "Retry shortly."
                 )
             self._waiting.extend(submissions)

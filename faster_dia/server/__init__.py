@@ -22,11 +22,13 @@ def run(
     api_keys: Iterable[str] = (),
     max_queue: int = 8,
     chunk_frames: int = 32,
+    default_seed: int | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``tts`` until interrupted."""
     import uvicorn
 
-    app = create_app(tts, api_keys=api_keys, max_queue=max_queue, chunk_frames=chunk_frames)
+    app = create_app(tts, api_keys=api_keys, max_queue=max_queue, chunk_frames=chunk_frames,
+                     default_seed=default_seed)
     # One process, one model: several uvicorn workers would each load their own copy.
     uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)

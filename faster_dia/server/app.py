@@ -49,6 +49,7 @@ class ServerState:
     tts: TextToSpeech
     admission: Admission
     chunk_frames: int
+    default_seed: int | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -69,17 +70,22 @@ def create_app(
     *,
     api_keys: Iterable[str] = (),
     max_queue: int = 8,
-    max_concurrent: int = 1,
+    max_concurrent: int | None = None,
     chunk_frames: int = 32,
+    default_seed: int | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
     """An OpenAI-compatible speech server around a loaded model.
 
-    ``max_queue`` requests may wait while ``max_concurrent`` generate (the model serialises its calls,
-    so 1); more get 503. ``chunk_frames`` is the audio carried per streamed chunk (86 frames = 1 s).
+    ``max_queue`` requests may wait while ``max_concurrent`` generate; more get 503. By default as many
+    generate at once as the model decodes in one batch (one where it runs calls one after another). ``chunk_frames`` is the audio carried per streamed chunk (86 frames = 1 s).
+    ``default_seed`` is used by requests that send no seed, so clients that cannot send one (Open WebUI,
+    SillyTavern) still get the same voice on every request.
     """
+    if max_concurrent is None:
+        max_concurrent = int(getattr(getattr(tts, "engine", None), "max_batch", 1))
     state = ServerState(tts=tts, admission=Admission(max_queue=max_queue, max_concurrent=max_concurrent),
-                        chunk_frames=chunk_frames)
+                        chunk_frames=chunk_frames, default_seed=default_seed)
     app = FastAPI(title="faster-dia", version=__version__,
                   description="OpenAI-compatible text-to-speech with the Nari Labs Dia models.")
     app.state.server = state
@@ -146,9 +152,9 @@ class _RequestLog:
 
 async def _speak(state: ServerState, body: SpeechRequest, request: Request) -> Response:
     request_id = request_id_of(request)
-    record = _RequestLog(request_id, body.model or "-", len((body.input or body.text or "").encode()))
+    record = _RequestLog(request_id, body.model or "default", len((body.input or body.text or "").encode()))
     try:
-        record.model = state.resolve_model(body.model)
+        state.resolve_model(body.model)
         script = body.script()
         fmt = normalize_format(body.response_format)
         speed = check_speed(body.speed_value())
@@ -158,8 +164,11 @@ async def _speak(state: ServerState, body: SpeechRequest, request: Request) -> R
         raise
     job: SpeechJob | None = None
     try:
+        kwargs = body.generation_kwargs()
+        if body.seed is None and state.default_seed is not None:
+            kwargs["seed"] = state.default_seed
         stream = await anyio.to_thread.run_sync(partial(
-            state.tts.stream, script, chunk_frames=state.chunk_frames, **body.generation_kwargs()))
+            state.tts.stream, script, chunk_frames=state.chunk_frames, **kwargs))
         record.input_bytes = stream.input_tokens
         sse = body.stream_format == "sse"
         job = SpeechJob(stream, Output(fmt, speed, whole_file=not body.stream and not sse), state.admission,

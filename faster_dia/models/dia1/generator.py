@@ -137,6 +137,14 @@ class Dia1Generator:
                 f"Voice prompt codes must have shape [frames, {c.channels}], got {list(request.prompt.shape)}.",
                 param="audio_prompt",
             )
+        if request.prompt is not None and prompt_frames and (
+            int(request.prompt.min()) < 0 or int(request.prompt.max()) >= c.eos_token_id
+        ):
+            raise InvalidInputError(
+                f"Voice prompt codes must lie in 0..{c.eos_token_id - 1}.", param="audio_prompt"
+            )
+        if int(request.text.min()) < 0 or int(request.text.max()) >= c.text_vocab_size:
+            raise InvalidInputError("Script tokens must be bytes (0..255).", param="input")
         limit = max_new_tokens_limit(c, prompt_frames)
         smallest = min_new_tokens(c)
         if limit < smallest:
@@ -175,8 +183,33 @@ class Dia1Generator:
         prompt_frames, max_new = self.validate(request)
         if not self._free:
             raise RuntimeError("no free batch slot")
-        c, dev = self.config, self.device
+        c = self.config
         slot = self._free.pop(0)
+        try:
+            self._fill_slot(slot, request, prompt_frames)
+        except BaseException:
+            self._free.append(slot)  # a request that fails here must not take its slot with it
+            self._free.sort()
+            raise
+        self.position[slot] = prompt_frames
+        self.eos_position[slot] = _NO_EOS
+        self.limit_position[slot] = prompt_frames + max_new - c.max_delay
+        self.temperature[slot] = request.temperature
+        self.top_p[slot] = request.top_p
+        self.top_k[slot] = request.top_k
+        self.cfg_scale[slot] = request.cfg_scale
+        self.key[slot] = seed_key(request.seed)
+        self.active[slot] = True
+        state = SlotState(
+            request=request, slot=slot, prompt_frames=prompt_frames, text_length=int(request.text.shape[0]),
+            position=prompt_frames, _delays=c.delay_pattern,
+        )
+        self._states[slot] = state
+        return state
+
+    def _fill_slot(self, slot: int, request: Dia1Request, prompt_frames: int) -> None:
+        """Encoder, cross-attention cache and prompt prefill for a request entering ``slot``."""
+        c, dev = self.config, self.device
         rows = torch.tensor([2 * slot, 2 * slot + 1], device=dev)
 
         # Row 2s is conditioned on the text; row 2s+1 is the unconditional branch of CFG: all-zero text
@@ -196,22 +229,6 @@ class Dia1Generator:
             self.model.decode(
                 frames, positions, self.cache, rows, kv_length=prompt_frames, text_length=text.shape[1]
             )
-
-        self.position[slot] = prompt_frames
-        self.eos_position[slot] = _NO_EOS
-        self.limit_position[slot] = prompt_frames + max_new - c.max_delay
-        self.temperature[slot] = request.temperature
-        self.top_p[slot] = request.top_p
-        self.top_k[slot] = request.top_k
-        self.cfg_scale[slot] = request.cfg_scale
-        self.key[slot] = seed_key(request.seed)
-        self.active[slot] = True
-        state = SlotState(
-            request=request, slot=slot, prompt_frames=prompt_frames, text_length=int(text.shape[1]),
-            position=prompt_frames, _delays=c.delay_pattern,
-        )
-        self._states[slot] = state
-        return state
 
     # ------------------------------------------------------------------ stepping
 

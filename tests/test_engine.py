@@ -1,0 +1,147 @@
+"""The batching engine: staggered arrivals, slot reuse, cancellation, overload, isolation of failures."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import faster_dia
+from faster_dia.engine import Engine
+from faster_dia.errors import CancelledError, InvalidInputError, OverloadedError
+from faster_dia.models.dia1.generator import Dia1Generator
+
+SCRIPTS = [
+    "[S1] Did you hear? (laughs) [S2] I did.",
+    "[S2] Short.",
+    "[S1] A somewhat longer third line for this batch, with more words.",
+    "[S2] Fourth. [S1] Yes.",
+    "[S1] Five is the last one (sighs).",
+]
+
+
+def _request(tts, i, **overrides):
+    params = dict(seed=100 + i, audio_prompt=None, audio_prompt_transcript=None, audio_prompt_sample_rate=None,
+                  temperature=[1.2, 0.0, 0.9, 1.5, 1.2][i], top_p=[0.95, 0.95, 0.8, 1.0, 0.9][i],
+                  top_k=[45, 45, 20, 60, 45][i], cfg_scale=[3.0, 3.0, 2.0, 4.0, 1.0][i], max_new_tokens=[120, 90, 150, 60, 100][i])
+    if i == 3:
+        params.update(audio_prompt=np.random.default_rng(3).integers(0, 1024, (30, 9)),
+                      audio_prompt_transcript="[S1] A prompt.")
+    params.update(overrides)
+    return tts._request(SCRIPTS[i], **params)
+
+
+def _alone(tts, request):
+    generator = Dia1Generator(tts.model, max_batch=1)
+    state = generator.prepare(request)
+    while not state.finished:
+        generator.step([state])
+    return generator.finish(state)
+
+
+def _wait(submission, timeout=120):
+    kind, payload = submission.events.get(timeout=timeout)
+    assert kind == "done", payload
+    return payload
+
+
+def test_staggered_arrivals_give_each_request_its_solo_codes(tts):
+    alone = [_alone(tts, _request(tts, i)) for i in range(5)]
+    engine = Engine(Dia1Generator(tts.model, max_batch=3))
+    subs = engine.submit([_request(tts, 0)])
+    for i in range(1, 5):
+        # join at different steps of the running batch; with 3 slots the last ones wait for a free slot
+        start = engine.steps
+        while engine.steps < start + 7 + 5 * i:
+            time.sleep(0.001)
+        subs += engine.submit([_request(tts, i)])
+    for i, sub in enumerate(subs):
+        assert torch.equal(_wait(sub), alone[i]), f"request {i}"
+    assert engine.generator.free_slots == 3  # every slot came back
+
+
+def test_more_requests_than_slots_all_complete(tts):
+    engine = Engine(Dia1Generator(tts.model, max_batch=2))
+    subs = engine.submit([_request(tts, i % 5, seed=i) for i in range(7)])
+    assert all(_wait(s).shape[1] == 9 for s in subs)
+    assert engine.generator.free_slots == 2
+
+
+def test_cancel_frees_the_slot_and_others_go_on(tts):
+    engine = Engine(Dia1Generator(tts.model, max_batch=2))
+    long, other = engine.submit([_request(tts, 2, max_new_tokens=3000, temperature=1.0),
+                                 _request(tts, 1)])
+    while long.frames < 3:
+        time.sleep(0.001)
+    long.cancel()
+    kind, payload = long.events.get(timeout=60)
+    assert kind == "error" and isinstance(payload, CancelledError)
+    assert torch.equal(_wait(other), _alone(tts, _request(tts, 1)))
+    deadline = time.monotonic() + 10
+    while engine.generator.free_slots < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.generator.free_slots == 2
+
+
+def test_the_queue_bound_raises_overloaded(tts):
+    engine = Engine(Dia1Generator(tts.model, max_batch=1), max_queue=2)
+    first = engine.submit([_request(tts, 2, max_new_tokens=400)])
+    while first[0].state is None:  # admitted into the only slot
+        time.sleep(0.001)
+    waiting = engine.submit([_request(tts, 1), _request(tts, 0)])
+    with pytest.raises(OverloadedError, match="busy"):
+        engine.submit([_request(tts, 4)])
+    for sub in first + waiting:
+        sub.cancel()
+
+
+def test_a_failing_request_does_not_break_the_others(tts, monkeypatch):
+    engine = Engine(Dia1Generator(tts.model, max_batch=2))
+    good = _request(tts, 0)
+    bad = _request(tts, 1)
+    fill_slot = engine.generator._fill_slot
+
+    def fail_for_bad(slot, request, prompt_frames):
+        if request is bad:
+            raise RuntimeError("out of memory while encoding")
+        return fill_slot(slot, request, prompt_frames)
+
+    monkeypatch.setattr(engine.generator, "_fill_slot", fail_for_bad)
+    subs = engine.submit([bad, good])
+    kind, payload = subs[0].events.get(timeout=60)
+    assert kind == "error" and "out of memory" in str(payload)
+    assert torch.equal(_wait(subs[1]), _alone(tts, _request(tts, 0)))
+    assert engine.generator.free_slots == 2
+
+
+def test_invalid_requests_fail_at_submit(tts):
+    engine = Engine(Dia1Generator(tts.model, max_batch=1))
+    with pytest.raises(InvalidInputError):
+        engine.submit([_request(tts, 0, max_new_tokens=5)])
+    bad_codes = _request(tts, 0)
+    bad_codes.prompt = torch.full((10, 9), 5000)
+    with pytest.raises(InvalidInputError, match="0..1023"):
+        engine.submit([bad_codes])
+    assert engine.busy == 0
+
+
+def test_concurrent_generate_calls_are_batched_and_exact(tiny_dirs):
+    tts = faster_dia.load(tiny_dirs["dia-1.6b-0626"], codec=tiny_dirs["dac"], device="cpu", max_batch=4)
+    expected = {i: tts.generate(SCRIPTS[i], seed=i, max_new_tokens=100).codes for i in range(4)}
+    steps_alone = tts.engine.steps
+    results = {}
+
+    def call(i):
+        results[i] = tts.generate(SCRIPTS[i], seed=i, max_new_tokens=100).codes
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert all(np.array_equal(results[i], expected[i]) for i in range(4))
+    # Together they took fewer steps than the four solo runs did.
+    assert tts.engine.steps - steps_alone < steps_alone
