@@ -44,10 +44,14 @@ class CheckpointError(FasterDiaError):
 
 
 class OverloadedError(FasterDiaError):
-    """The request queue is full."""
+    """The request queue is full. ``retry_after`` suggests how many seconds to wait."""
 
     error_type = "server_error"
     http_status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 1, param: str | None = None, code: str | None = "overloaded"):
+        super().__init__(message, param=param, code=code)
+        self.retry_after = retry_after
 
 
 class CancelledError(FasterDiaError):

@@ -36,7 +36,7 @@ from .schemas import (
 log = logging.getLogger("faster_dia.server")
 
 #: Names OpenAI clients send by default; all of them select the one loaded model.
-MODEL_ALIASES = ("dia", "tts-1", "tts-1-hd")
+MODEL_ALIASES = ("dia", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 #: The voice list clients get. Every voice name is accepted and sounds alike for now (the seed decides).
 VOICES = (Voice(id="dia", name="Dia (the voice follows the seed; pin it with seed)"),)
 DEFAULT_MAX_BODY_BYTES = 1 << 20

@@ -42,7 +42,7 @@ def library_error_response(exc: FasterDiaError, request_id: str) -> JSONResponse
     status = exc.http_status
     headers: dict[str, str] = {}
     if isinstance(exc, OverloadedError):
-        headers["Retry-After"] = str(getattr(exc, "retry_after", 1))
+        headers["Retry-After"] = str(exc.retry_after)
         return error_response(status, exc.message, exc.error_type, exc.param, exc.code or "overloaded", headers)
     if status >= 500:
         # A deliberate library error can still carry paths or internals: log it, answer generically.

@@ -58,12 +58,10 @@ class Admission:
 
     def admit(self) -> None:
         if self.in_flight >= self.max_concurrent + self.max_queue:
-            exc = OverloadedError(
+            raise OverloadedError(
                 f"The server is busy ({self.in_flight} requests generating or queued); retry shortly.",
-                code="overloaded",
+                retry_after=self.retry_after(),
             )
-            exc.retry_after = self.retry_after()  # type: ignore[attr-defined]
-            raise exc
         self.in_flight += 1
 
     def leave(self, seconds: float | None = None) -> None:
