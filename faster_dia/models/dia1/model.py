@@ -21,10 +21,29 @@ from .config import Dia1Config
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op; same values as the long form
     # float32 statistics whatever the compute dtype, as the reference does.
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight * xf.to(x.dtype)) if weight.dtype == x.dtype else (weight.float() * xf).to(x.dtype)
+    return (weight.float() * xf).to(x.dtype)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention with scale 1.0 and grouped key/value heads. q: [R, H, T, D]; k, v: [R, KV, S, D];
+    mask: bool, broadcastable to [R, 1, T, S]. Returns [R, H, T, D].
+
+    For the one-query decode step this is written out (query heads grouped onto their key/value head, two
+    matrix products and a float32 softmax): on CPU it runs about twice as fast as the fused kernel, and on
+    GPUs the step is bound by reading K/V either way. Longer queries use the fused kernel."""
+    R, H, T, D = q.shape
+    kv = k.shape[1]
+    if T > 1:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=H != kv)
+    grouped = q.reshape(R, kv, H // kv, D)  # T == 1: query heads 4j … 4j+3 share key/value head j
+    scores = (grouped @ k.transpose(-1, -2)).masked_fill(~mask.view(R, 1, 1, -1), float("-inf"))
+    out = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v
+    return out.view(R, H, 1, D)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -269,7 +288,7 @@ class Dia1Model(nn.Module):
         R, T, _ = tokens.shape
         x = F.embedding(tokens + self.channel_offsets, self.audio_embedding).sum(dim=2)
         nq, nkv, hd = c.decoder_heads, c.decoder_kv_heads, c.decoder_head_dim
-        cq, ckv, chd = c.cross_heads, c.cross_kv_heads, c.cross_head_dim
+        cq, chd = c.cross_heads, c.cross_head_dim
         cos, sin = self._rope_table(positions, hd)
         if c.cross_attention_rope:
             ccos, csin = self._rope_table(positions, chd)
@@ -291,7 +310,7 @@ class Dia1Model(nn.Module):
             cache.self_v[i][write_rows, :, positions] = qkv[:, :, nq + nkv :]
             keys = cache.self_k[i][rows, :, :kv_length]
             values = cache.self_v[i][rows, :, :kv_length]
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=self_mask, scale=1.0, enable_gqa=nq != nkv)
+            a = attend(q, keys, values, self_mask)
             x = x + F.linear(a.transpose(1, 2).reshape(R, T, nq * hd), layer.self_out)
 
             h = rms_norm(x, layer.cross_norm, c.norm_eps)
@@ -301,7 +320,7 @@ class Dia1Model(nn.Module):
             q = q.transpose(1, 2)
             keys = cache.cross_k[i][rows, :, :text_length]
             values = cache.cross_v[i][rows, :, :text_length]
-            a = F.scaled_dot_product_attention(q, keys, values, attn_mask=cross_mask, scale=1.0, enable_gqa=cq != ckv)
+            a = attend(q, keys, values, cross_mask)
             x = x + F.linear(a.transpose(1, 2).reshape(R, T, cq * chd), layer.cross_out)
 
             x = x + swiglu(rms_norm(x, layer.mlp_norm, c.norm_eps), layer.gate_up, layer.down)
