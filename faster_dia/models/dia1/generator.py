@@ -110,6 +110,7 @@ class Dia1Generator:
         self.cfg_scale = torch.zeros(max_batch, dtype=torch.float32, device=dev)
         self.key = torch.zeros(max_batch, dtype=torch.long, device=dev)
         self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
+        self._slot_index = torch.arange(max_batch, device=dev)
         self._free = list(range(max_batch))
         self._states: dict[int, SlotState] = {}
 
@@ -240,7 +241,7 @@ class Dia1Generator:
         c = self.config
         hi = max(s.slot for s in states) + 1
         span = slice(0, hi)
-        slots = torch.arange(hi, device=self.device)
+        slots = self._slot_index[:hi]
         position = self.position[span]
         active = self.active[span]
 

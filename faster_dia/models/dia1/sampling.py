@@ -15,6 +15,8 @@ loop and no host synchronisation.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .config import VARIANT_ORIGINAL
@@ -73,11 +75,8 @@ def choose_tokens(
     the whole vocabulary. Rows with temperature 0 are greedy; ``sampling=False`` skips the random draw when
     every row is greedy."""
     B, C, V = cond.shape
-    guided = cond + cfg_scale.view(-1, 1, 1) * (cond - uncond)
-    vocab = torch.arange(V, device=cond.device)
-    # Only channel 0 may end the sequence; PAD, BOS and the unused id are never sampled.
-    invalid = torch.where(torch.arange(C, device=cond.device)[:, None] == 0, vocab > eos_token_id,
-                          vocab >= eos_token_id)
+    guided = cond + (cond - uncond) * cfg_scale.view(-1, 1, 1)  # the reference's order of operations
+    invalid, channel0 = _channel_masks(C, V, eos_token_id, cond.device)
     k = min(max_top_k, V)
     if variant == VARIANT_ORIGINAL:
         guided = guided.masked_fill(invalid, NEG_INF)
@@ -91,14 +90,13 @@ def choose_tokens(
         # those candidates are what gets sampled.
         ids = guided.topk(k, dim=-1).indices
         values = cond.gather(-1, ids).masked_fill(invalid[None].expand(B, C, V).gather(-1, ids), NEG_INF)
-    rank = torch.arange(k, device=cond.device)
-    values = values.masked_fill(rank >= top_k.view(-1, 1, 1), NEG_INF)
+    values = values.masked_fill(_ranks(k, cond.device) >= top_k.view(-1, 1, 1), NEG_INF)
 
     # EOS in channel 0 only when it is the best candidate; 0626 then forces it.
     best = values.argmax(dim=-1, keepdim=True)
     best_id = ids.gather(-1, best)
     is_eos = ids == eos_token_id
-    eos_is_best = (best_id == eos_token_id) & (torch.arange(C, device=cond.device)[:, None] == 0)
+    eos_is_best = (best_id == eos_token_id) & channel0
     values = torch.where(~eos_is_best & is_eos, NEG_INF, values)
     if variant != VARIANT_ORIGINAL:
         values = torch.where(eos_is_best & ~is_eos, NEG_INF, values)
@@ -114,6 +112,20 @@ def choose_tokens(
     race = probs / -torch.log(uniform_noise(keys, positions, ids))
     sampled = ids.gather(-1, race.argmax(dim=-1, keepdim=True))[..., 0]
     return torch.where((temperature == 0).view(-1, 1), greedy, sampled)
+
+
+@functools.cache
+def _channel_masks(C: int, V: int, eos_token_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C, V] True where a token may never be sampled (only channel 0 may end the sequence; PAD, BOS and the
+    unused id never), and [C, 1] True for channel 0. Built once per shape and device."""
+    vocab = torch.arange(V, device=device)
+    channel0 = torch.arange(C, device=device)[:, None] == 0
+    return torch.where(channel0, vocab > eos_token_id, vocab >= eos_token_id), channel0
+
+
+@functools.cache
+def _ranks(k: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(k, device=device)
 
 
 def _keep_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
