@@ -127,6 +127,7 @@ class ThroughputRow:
     max_new_tokens: int
     engine_frames: list[int] = field(default_factory=list)  # frames each batched request actually produced
     engine_seconds: list[float] = field(default_factory=list)  # wall time of each repeat, submit to last done
+    engine_ms_per_step: list[float] = field(default_factory=list)  # each repeat's wall time / decoder steps
     engine_fps: float | None = None  # median over repeats of (sum of frames) / wall time
     engine_x_realtime: float | None = None
     sequential_requests: int | None = None
@@ -203,12 +204,14 @@ def wait_done(submissions: list) -> list[int]:
     return frames
 
 
-def run_batched(engine: Engine, requests: list[Dia1Request]) -> tuple[float, list[int]]:
+def run_batched(engine: Engine, requests: list[Dia1Request]) -> tuple[float, list[int], int]:
     """All requests submitted in one call, so they are admitted together and decoded as one batch; the
-    clock runs from submission (encoder and cross-attention caches included) to the last request's end."""
+    clock runs from submission (encoder and cross-attention caches included) to the last request's end.
+    Returns the wall time, each request's frames and the decoder steps the engine ran."""
+    steps = engine.steps
     start = time.perf_counter()
     frames = wait_done(engine.submit(requests))
-    return time.perf_counter() - start, frames
+    return time.perf_counter() - start, frames, engine.steps - steps
 
 
 def run_sequential(engine: Engine, requests: list[Dia1Request]) -> tuple[float, list[int]]:
@@ -357,17 +360,19 @@ def run_clients(base_url: str, n: int, max_new_tokens: int, row: ServerRow) -> N
 # --------------------------------------------------------------------------------------------------------
 
 
-def profile_steps(tts: faster_dia.TextToSpeech, n: int, *, max_new_tokens: int, temperature: float,
-                  steps: int = 8) -> dict[str, Any]:
-    """Where one batched step's time goes at batch ``n``: the torch operators (self time) and the Python
-    functions of ``Dia1Generator.step``, over ``steps`` steps after a few untimed ones."""
+def profile_steps(tts: faster_dia.TextToSpeech, generator: Dia1Generator, *, max_new_tokens: int,
+                  temperature: float, steps: int = 8) -> dict[str, Any]:
+    """Where one batched step's time goes with every slot of ``generator`` busy: the torch operators (self
+    time) and the Python functions of ``Dia1Generator.step``, over ``steps`` steps after a few untimed ones.
+    The generator must be idle (an engine's, between runs: its caches are reused rather than allocated
+    again, which at real widths would cost gigabytes)."""
     import cProfile
     import io
     import pstats
 
     from torch.profiler import ProfilerActivity, profile
 
-    generator = Dia1Generator(tts.model, max_batch=n)
+    n = generator.max_batch
     states = [generator.prepare(r)
               for r in make_requests(tts, n, max_new_tokens=max_new_tokens, temperature=temperature)]
     with torch.inference_mode():
@@ -584,13 +589,15 @@ def main(argv: list[str] | None = None) -> int:
             fps = []
             for _ in range(repeats):
                 requests = make_requests(tts, n, max_new_tokens=max_new_tokens, temperature=args.temperature)
-                seconds, produced = run_batched(engine, requests)
+                seconds, produced, steps = run_batched(engine, requests)
                 row.engine_seconds.append(seconds)
+                row.engine_ms_per_step.append(seconds / max(steps, 1) * 1e3)
                 row.engine_frames = produced
                 fps.append(sum(produced) / seconds)
             row.engine_fps = statistics.median(fps)
             log(f"engine N={n}: {sum(row.engine_frames)} frames, median {row.engine_fps:.1f} frames/s "
-                f"({', '.join(f'{s:.2f}' for s in row.engine_seconds)} s)")
+                f"({', '.join(f'{s:.2f}' for s in row.engine_seconds)} s; "
+                f"{', '.join(f'{s:.1f}' for s in row.engine_ms_per_step)} ms/step)")
             throughput.append(row)
 
         if not args.no_transformers:
@@ -642,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.profile:
             log(f"profiling {largest}-request steps")
-            profile = profile_steps(tts, largest, max_new_tokens=max_new_tokens, temperature=args.temperature)
+            profile = profile_steps(tts, engines[largest].generator, max_new_tokens=max_new_tokens,
+                                    temperature=args.temperature)
             print(profile["python"], file=sys.stderr)
 
     print_tables(throughput, server_rows, profile)
