@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .codecs.dac import DacCodec, IncrementalDecoder
+from .codecs.dac import DacCodec
 from .engine import Engine
 from .errors import InvalidInputError
 from .models.dia1.checkpoint import load_checkpoint
@@ -37,8 +37,9 @@ class Speech:
 
     audio: np.ndarray  # float32 mono in [-1, 1]
     sample_rate: int
-    codes: np.ndarray  # [frames, 9] DAC codes, delay reverted, prompt excluded
+    codes: np.ndarray  # [frames, codebooks] codec codes, delay reverted, prompt excluded
     seed: int
+    timestamps: list[tuple[str, float]] | None = None  # Dia2: (word, start in seconds)
 
     @property
     def duration(self) -> float:
@@ -130,18 +131,20 @@ def load(
                         max_batch=max_batch, max_queue=max_queue)
 
 
-class TextToSpeech:
-    """A loaded model with its codec. ``generate`` and ``stream`` are safe to call from many threads at once:
-    concurrent calls are decoded together by one engine thread that owns the model."""
+class SpeechModel:
+    """What every loaded model family shares: the engine that owns the model, the codec, results and
+    streams. ``generate`` and ``stream`` are safe to call from many threads at once: concurrent calls are
+    decoded together by the one engine thread."""
 
-    def __init__(self, model: Dia1Model, codec: DacCodec, *, model_id: str, variant: str, max_batch: int = 4,
-                 max_queue: int = 64):
+    family = ""
+
+    def __init__(self, model, codec, generator, *, model_id: str, variant: str, max_queue: int = 64):
         self.model = model
         self.codec = codec
         self.model_id = model_id
         self.variant = variant
         self.config = model.config
-        self.engine = Engine(Dia1Generator(model, max_batch=max_batch), max_queue=max_queue)
+        self.engine = Engine(generator, max_queue=max_queue)
 
     @property
     def sample_rate(self) -> int:
@@ -158,6 +161,84 @@ class TextToSpeech:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    def _speech(self, codes: torch.Tensor, request: Any, state: Any) -> Speech:
+        return Speech(audio=np.clip(self.codec.decode(codes), -1.0, 1.0), sample_rate=self.sample_rate,
+                      codes=codes.numpy(), seed=request.seed)
+
+    def _stream_chunks(self, stream: SpeechStream):
+        (submission,) = self.engine.submit([stream.request], chunk_frames=stream.chunk_frames)
+        decoder = self.codec.incremental_decoder()
+        try:
+            while True:
+                kind, payload = submission.events.get()
+                stream.frames = submission.frames
+                if kind == "error":
+                    raise payload
+                audio = decoder.push(payload) if kind == "frames" else decoder.flush()
+                if audio.size:
+                    yield np.clip(audio, -1.0, 1.0)
+                if kind == "done":
+                    stream.state = submission.state
+                    return
+        finally:
+            submission.cancel()  # no-op once done; frees the slot when the consumer stops early
+
+    @staticmethod
+    def _per_item(value: Any, n: int, name: str, *, offset_ints: bool = False) -> list[Any]:
+        if isinstance(value, (list, tuple)):
+            if len(value) != n:
+                raise InvalidInputError(f"{name} has {len(value)} entries for {n} scripts.", param=name)
+            return list(value)
+        if offset_ints and value is not None:
+            return [value + i if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+                    for i in range(n)]
+        return [value] * n
+
+    @staticmethod
+    def _seed(seed: Any) -> int:
+        if seed is None:
+            return secrets.randbits(32)
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+            raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.", param="seed")
+        return int(seed)
+
+    def _run(self, requests: list[Any], progress: Callable[[Progress], None] | None) -> list[tuple[torch.Tensor, Any]]:
+        """Submit requests, wait for all; returns (codes, final slot state) per request."""
+        submissions = self.engine.submit(requests)
+        start = time.perf_counter()
+        results: list[tuple[torch.Tensor, Any] | None] = [None] * len(submissions)
+        try:
+            for i, sub in enumerate(submissions):
+                while True:
+                    try:
+                        kind, payload = sub.events.get(timeout=0.1 if progress is not None else None)
+                    except queue.Empty:
+                        frames = sum(s.frames for s in submissions)
+                        progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+                        continue
+                    if kind == "error":
+                        raise payload
+                    results[i] = (payload, sub.state)
+                    break
+            if progress is not None:
+                frames = sum(len(c) for c, _ in results)
+                progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+            return results
+        finally:
+            for sub in submissions:
+                sub.cancel()
+
+
+class TextToSpeech(SpeechModel):
+    """Dia-1.6B (both published checkpoints) with the DAC codec."""
+
+    family = "dia1"
+
+    def __init__(self, model: Dia1Model, codec: DacCodec, *, model_id: str, variant: str, max_batch: int = 4,
+                 max_queue: int = 64):
+        super().__init__(model, codec, Dia1Generator(model, max_batch=max_batch), model_id=model_id,
+                         variant=variant, max_queue=max_queue)
 
     # ------------------------------------------------------------------ requests
 
@@ -235,10 +316,7 @@ class TextToSpeech:
                 f"{self.config.text_length} bytes. Shorten it or split it into several calls.",
                 param="input",
             )
-        if seed is None:
-            seed = secrets.randbits(32)
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-            raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}.", param="seed")
+        seed = self._seed(seed)
         top_k = params["top_k"]
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
             raise InvalidInputError(f"top_k must be an integer, got {top_k!r}.", param="top_k")
@@ -291,12 +369,8 @@ class TextToSpeech:
                           audio_prompt_sample_rate=audio_prompt_sample_rate, **params)
             for s, sd, p, t in zip(scripts, seeds, prompts, transcripts, strict=True)
         ]
-        codes = self._run(requests, progress)
-        results = [
-            Speech(audio=np.clip(self.codec.decode(c), -1.0, 1.0), sample_rate=self.sample_rate,
-                   codes=c.numpy(), seed=r.seed)
-            for c, r in zip(codes, requests, strict=True)
-        ]
+        results = [self._speech(codes, r, state)
+                   for (codes, state), r in zip(self._run(requests, progress), requests, strict=True)]
         return results[0] if single else results
 
     def stream(
@@ -327,74 +401,22 @@ class TextToSpeech:
             cfg_scale=cfg_scale, max_new_tokens=max_new_tokens,
         )
         self.engine.generator.validate(request)
-        return SpeechStream(self, request, chunk_frames=chunk_frames)
-
-    def _stream_chunks(self, stream: SpeechStream):
-        (submission,) = self.engine.submit([stream.request], chunk_frames=stream.chunk_frames)
-        decoder = IncrementalDecoder(self.codec)
-        try:
-            while True:
-                kind, payload = submission.events.get()
-                stream.frames = submission.frames
-                if kind == "error":
-                    raise payload
-                audio = decoder.push(payload) if kind == "frames" else decoder.flush()
-                if audio.size:
-                    yield np.clip(audio, -1.0, 1.0)
-                if kind == "done":
-                    return
-        finally:
-            submission.cancel()  # no-op once done; frees the slot when the consumer stops early
-
-    @staticmethod
-    def _per_item(value: Any, n: int, name: str, *, offset_ints: bool = False) -> list[Any]:
-        if isinstance(value, (list, tuple)):
-            if len(value) != n:
-                raise InvalidInputError(f"{name} has {len(value)} entries for {n} scripts.", param=name)
-            return list(value)
-        if offset_ints and value is not None:
-            return [value + i if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
-                    for i in range(n)]
-        return [value] * n
-
-    def _run(self, requests: list[Dia1Request], progress: Callable[[Progress], None] | None) -> list[torch.Tensor]:
-        submissions = self.engine.submit(requests)
-        start = time.perf_counter()
-        codes: list[torch.Tensor | None] = [None] * len(submissions)
-        try:
-            for i, sub in enumerate(submissions):
-                while True:
-                    try:
-                        kind, payload = sub.events.get(timeout=0.1 if progress is not None else None)
-                    except queue.Empty:
-                        frames = sum(s.frames for s in submissions)
-                        progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
-                        continue
-                    if kind == "error":
-                        raise payload
-                    codes[i] = payload
-                    break
-            if progress is not None:
-                frames = sum(len(c) for c in codes)
-                progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
-            return codes
-        finally:
-            for sub in submissions:
-                sub.cancel()
+        return SpeechStream(self, request, input_tokens=int(request.text.shape[0]), chunk_frames=chunk_frames)
 
 
 class SpeechStream:
     """Audio of one request, delivered in chunks while it is generated. Iterate it for float32 mono chunks;
     ``close()`` (or leaving the iteration early) cancels the generation and frees its slot."""
 
-    def __init__(self, tts: TextToSpeech, request: Dia1Request, *, chunk_frames: int = 32):
+    def __init__(self, tts: SpeechModel, request: Any, *, input_tokens: int, chunk_frames: int = 32):
         self._tts = tts
         self.chunk_frames = chunk_frames
         self.request = request
         self.seed = request.seed
         self.sample_rate = tts.sample_rate
-        self.input_tokens = int(request.text.shape[0])
+        self.input_tokens = input_tokens
         self.frames = 0
+        self.state = None  # the finished request's slot state (Dia2: word timestamps)
         self._iterator = tts._stream_chunks(self)
 
     def __iter__(self):

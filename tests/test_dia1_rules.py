@@ -12,7 +12,8 @@ from faster_dia.models.dia1.config import VARIANT_0626, VARIANT_ORIGINAL
 from faster_dia.models.dia1.delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
 from faster_dia.models.dia1.generator import Dia1Generator, Dia1Request
 from faster_dia.models.dia1.model import Dia1Model
-from faster_dia.models.dia1.sampling import choose_tokens, seed_key
+from faster_dia.models.dia1.sampling import choose_tokens
+from faster_dia.models.random import seed_key
 from faster_dia.testing import nari_reference_logits, tiny_dia_config, tiny_nari_state_dict
 
 EOS, PAD, BOS = 1024, 1025, 1026

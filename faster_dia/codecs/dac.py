@@ -57,6 +57,9 @@ class DacCodec:
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
+    def incremental_decoder(self) -> IncrementalDecoder:
+        return IncrementalDecoder(self)
+
     @torch.inference_mode()
     def encode(self, pcm: np.ndarray) -> torch.Tensor:
         """Mono float audio at ``sample_rate`` -> codes [frames, num_codebooks] (right-padded to whole frames)."""

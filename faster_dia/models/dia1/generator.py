@@ -28,10 +28,11 @@ from dataclasses import dataclass, field
 import torch
 
 from ...errors import InvalidInputError
+from ..random import seed_key
 from .config import Dia1Config
 from .delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
 from .model import Dia1Model
-from .sampling import choose_tokens, seed_key
+from .sampling import choose_tokens
 
 _NO_EOS = 1 << 40
 
