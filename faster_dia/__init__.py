@@ -1,6 +1,15 @@
 """faster-dia: fast inference and serving for the Nari Labs Dia dialogue text-to-speech models."""
 
-from .api import DEFAULT_MODEL, Progress, Speech, SpeechStream, TextToSpeech, load
+from .api import (
+    DEFAULT_MODEL,
+    Dia2TextToSpeech,
+    Progress,
+    Speech,
+    SpeechModel,
+    SpeechStream,
+    TextToSpeech,
+    load,
+)
 from .errors import (
     CancelledError,
     CheckpointError,
@@ -14,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Dia2TextToSpeech",
     "CancelledError",
     "CheckpointError",
     "FasterDiaError",
@@ -22,6 +32,7 @@ __all__ = [
     "OverloadedError",
     "Progress",
     "Speech",
+    "SpeechModel",
     "SpeechStream",
     "TextToSpeech",
     "load",

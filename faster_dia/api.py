@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -18,11 +19,13 @@ import torch
 
 from .codecs.dac import DacCodec
 from .engine import Engine
-from .errors import InvalidInputError
+from .errors import CheckpointError, InvalidInputError
+from .hub import open_repo
 from .models.dia1.checkpoint import load_checkpoint
 from .models.dia1.config import VARIANT_ORIGINAL
 from .models.dia1.generator import Dia1Generator, Dia1Request
 from .models.dia1.model import Dia1Model
+from .models.dia2.checkpoint import is_dia2_config
 from .script import encode_script, join_prompt_transcript, normalize_script
 
 log = logging.getLogger(__name__)
@@ -105,13 +108,27 @@ def load(
     codec_revision: str | None = None,
     max_batch: int | None = None,
     max_queue: int = 64,
-) -> TextToSpeech:
-    """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate.
+) -> TextToSpeech | Dia2TextToSpeech:
+    """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate. Dia-1.6B
+    checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2 checkpoints Mimi (``kyutai/mimi``).
 
     ``max_batch`` is how many requests are decoded together (caches for that many are allocated once;
     default 16 on CUDA, 4 elsewhere); ``max_queue`` bounds the requests waiting for a slot."""
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
+    if max_batch is None:
+        max_batch = 16 if dev.type == "cuda" else 4
+    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+        raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
+    # The family is read from the files: Dia2's config.json has data/model/runtime blocks.
+    config_path = open_repo(model, revision=revision).get("config.json")
+    try:
+        raw_config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
+    if is_dia2_config(raw_config):
+        return _load_dia2(model, revision=revision, device=dev, dtype=dt, codec=codec,
+                          codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue)
     checkpoint = load_checkpoint(model, revision=revision)
     network = Dia1Model.from_hf_state_dict(checkpoint.config, checkpoint.state_dict, dtype=dt, device=dev)
     del checkpoint.state_dict
@@ -123,12 +140,26 @@ def load(
         else ": guided top-k candidates, conditional sampling",
         dev, str(dt).removeprefix("torch."),
     )
-    if max_batch is None:
-        max_batch = 16 if dev.type == "cuda" else 4
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
     return TextToSpeech(network, dac, model_id=checkpoint.source, variant=checkpoint.variant,
                         max_batch=max_batch, max_queue=max_queue)
+
+
+def _load_dia2(model, *, revision, device, dtype, codec, codec_revision, max_batch, max_queue) -> Dia2TextToSpeech:
+    from .codecs.mimi import MimiCodec
+    from .models.dia2.checkpoint import load_checkpoint as load_dia2_checkpoint
+    from .models.dia2.model import Dia2Model
+    from .models.dia2.tokenizer import load_tokenizer
+
+    checkpoint = load_dia2_checkpoint(model, revision=revision)
+    network = Dia2Model.from_state_dict(checkpoint.config, checkpoint.state_dict, dtype=dtype, device=device)
+    del checkpoint.state_dict
+    tokenizer = load_tokenizer(checkpoint.tokenizer_directory)
+    mimi = MimiCodec.load(codec, revision=codec_revision, device=device)
+    c = checkpoint.config
+    variant = f"dia2 ({c.decoder_layers}-layer transformer, {c.decoder_hidden_size} wide)"
+    log.info("loaded %s (%s) on %s in %s", checkpoint.source, variant, device, str(dtype).removeprefix("torch."))
+    return Dia2TextToSpeech(network, mimi, tokenizer, model_id=checkpoint.source, variant=variant,
+                            max_batch=max_batch, max_queue=max_queue)
 
 
 class SpeechModel:
@@ -431,3 +462,193 @@ class SpeechStream:
     @property
     def seconds(self) -> float:
         return self.frames / self._tts.frame_rate
+
+
+def _voiced_span(pcm: np.ndarray, sample_rate: int) -> tuple[float, float]:
+    """Start and end (seconds) of the part of a clip louder than -40 dBFS: where its words can be."""
+    loud = np.flatnonzero(np.abs(pcm) > 0.01)
+    if loud.size == 0:
+        return 0.0, len(pcm) / sample_rate
+    return loud[0] / sample_rate, (loud[-1] + 1) / sample_rate
+
+
+class Dia2TextToSpeech(SpeechModel):
+    """Dia2 (1B, 2B) with the Mimi codec: 24 kHz audio, word timestamps, voice prefixes."""
+
+    family = "dia2"
+
+    def __init__(self, model, codec, tokenizer, *, model_id: str, variant: str = "dia2", max_batch: int = 4,
+                 max_queue: int = 64):
+        from .models.dia2.generator import Dia2Generator
+
+        super().__init__(model, codec, Dia2Generator(model, max_batch=max_batch), model_id=model_id,
+                         variant=variant, max_queue=max_queue)
+        self.tokenizer = tokenizer
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text)
+
+    def _entries(self, script: str, param: str = "input"):
+        from .models.dia2.text import parse_script, speaker_token_ids
+
+        if not isinstance(script, str):
+            raise InvalidInputError(f"A script must be a string, got {type(script).__name__}.", param=param)
+        if not script.strip():
+            raise InvalidInputError("The script is empty.", param=param)
+        ids = speaker_token_ids(self._encode, self.config.text_new_word_token_id)
+        return parse_script(script, self._encode, speaker_ids=ids, new_word_token_id=self.config.text_new_word_token_id)
+
+    def _prefix(self, audio: Any, transcript: Any, speaker: str, frame_offset: int, sample_rate: int | None):
+        """Mimi codes, entries and forced new-word steps of one speaker's voice prefix."""
+        from .models.dia2.text import prefix_entries
+
+        param = "prefix_speaker_1" if speaker == "[S1]" else "prefix_speaker_2"
+        if transcript is None or (isinstance(transcript, str) and not transcript.strip()):
+            raise InvalidInputError(
+                f"{param} needs its transcript ({param.replace('speaker', 'transcript')}): the model continues "
+                "the prefix's words, and automatic transcription is not available yet.", param=param,
+            )
+        if isinstance(audio, (str, os.PathLike, bytes, bytearray)):
+            from .audio import decode_audio
+
+            pcm, _ = decode_audio(bytes(audio) if isinstance(audio, bytearray) else audio,
+                                  sample_rate=self.sample_rate, param=param)
+        else:
+            pcm = np.asarray(audio, dtype=np.float32)
+            if pcm.ndim == 2:
+                pcm = pcm.mean(axis=0 if pcm.shape[0] < pcm.shape[1] else 1)
+            if sample_rate is None:
+                raise InvalidInputError(f"{param} given as an array needs prefix_sample_rate.", param=param)
+            if sample_rate != self.sample_rate:
+                from .audio import resample
+
+                pcm = resample(pcm, sample_rate, self.sample_rate)
+        codes = self.codec.encode(pcm)
+        words = transcript.split() if isinstance(transcript, str) else list(transcript)
+        entries, steps = prefix_entries(
+            [w for w in words if w not in ("[S1]", "[S2]")] if isinstance(transcript, str) else words,
+            speaker, self._encode, start_frame_offset=frame_offset,
+            voiced_span=_voiced_span(pcm, self.sample_rate) if isinstance(transcript, str) else None,
+        )
+        return codes, entries, steps
+
+    def _request(self, script: str, *, seed: Any, text_temperature: float, text_top_k: int, audio_temperature: float,
+                 audio_top_k: int, cfg_scale: float, cfg_filter_k: int, max_new_tokens: int | None,
+                 prefix_speaker_1: Any, prefix_transcript_1: Any, prefix_speaker_2: Any, prefix_transcript_2: Any,
+                 prefix_sample_rate: int | None, include_prefix: bool):
+        from .models.dia2.generator import Dia2Request
+
+        entries = self._entries(script)
+        prefix_codes, steps, head = None, [], []
+        if prefix_speaker_2 is not None and prefix_speaker_1 is None:
+            raise InvalidInputError("prefix_speaker_2 needs prefix_speaker_1 too.", param="prefix_speaker_2")
+        if prefix_speaker_1 is not None:
+            codes1, entries1, steps1 = self._prefix(prefix_speaker_1, prefix_transcript_1, "[S1]", 0, prefix_sample_rate)
+            parts, head, steps = [codes1], entries1, steps1
+            if prefix_speaker_2 is not None:
+                codes2, entries2, steps2 = self._prefix(
+                    prefix_speaker_2, prefix_transcript_2, "[S2]", int(codes1.shape[0]), prefix_sample_rate)
+                parts.append(codes2)
+                head, steps = head + entries2, steps + steps2
+            prefix_codes = torch.cat(parts)
+        for name, value in (("text_temperature", text_temperature), ("audio_temperature", audio_temperature),
+                            ("cfg_scale", cfg_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise InvalidInputError(f"{name} must be a number, got {value!r}.", param=name)
+        for name, value in (("text_top_k", text_top_k), ("audio_top_k", audio_top_k), ("cfg_filter_k", cfg_filter_k)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InvalidInputError(f"{name} must be an integer, got {value!r}.", param=name)
+        if max_new_tokens is not None and (isinstance(max_new_tokens, bool)
+                                           or not isinstance(max_new_tokens, (int, np.integer))):
+            raise InvalidInputError(f"max_new_tokens must be an integer, got {max_new_tokens!r}.", param="max_new_tokens")
+        return Dia2Request(
+            entries=head + entries, seed=self._seed(seed), prefix_codes=prefix_codes,
+            prefix_new_word_steps=tuple(steps), max_new_frames=max_new_tokens,
+            text_temperature=float(text_temperature), text_top_k=int(text_top_k),
+            audio_temperature=float(audio_temperature), audio_top_k=int(audio_top_k), cfg_scale=float(cfg_scale),
+            cfg_filter_k=int(cfg_filter_k), include_prefix=bool(include_prefix),
+        )
+
+    @staticmethod
+    def _sampling(temperature, top_k, top_p, text_temperature, text_top_k, audio_temperature, audio_top_k):
+        """``temperature``/``top_k`` (the names Dia-1.6B and OpenAI-style clients use) set text and audio alike,
+        as the reference command line does; the specific settings win."""
+        if top_p is not None:
+            raise InvalidInputError("top_p does not apply to Dia2 (it samples with top-k).", param="top_p")
+        return dict(
+            text_temperature=text_temperature if text_temperature is not None else (temperature if temperature is not None else 0.6),
+            text_top_k=text_top_k if text_top_k is not None else (top_k if top_k is not None else 50),
+            audio_temperature=audio_temperature if audio_temperature is not None else (temperature if temperature is not None else 0.8),
+            audio_top_k=audio_top_k if audio_top_k is not None else (top_k if top_k is not None else 50),
+        )
+
+    def generate(
+        self,
+        script: str | Sequence[str],
+        *,
+        seed: int | Sequence[int | None] | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        text_temperature: float | None = None,
+        text_top_k: int | None = None,
+        audio_temperature: float | None = None,
+        audio_top_k: int | None = None,
+        cfg_scale: float = 2.0,
+        cfg_filter_k: int = 50,
+        max_new_tokens: int | None = None,
+        prefix_speaker_1: Any = None,
+        prefix_transcript_1: Any = None,
+        prefix_speaker_2: Any = None,
+        prefix_transcript_2: Any = None,
+        prefix_sample_rate: int | None = None,
+        include_prefix: bool = False,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> Speech | list[Speech]:
+        """Generate speech for one script or a batch. Defaults as the reference: text 0.6 / top-k 50, audio
+        0.8 / top-k 50, cfg_scale 2.0 (1 turns guidance off and runs one branch), cfg_filter_k 50.
+        ``max_new_tokens`` caps the result at that many frames (12.5 = 1 s). The result's ``timestamps`` list
+        (word, start second) for the script's words."""
+        single = isinstance(script, str)
+        scripts = [script] if single else list(script)
+        if not scripts:
+            raise InvalidInputError("No script given.", param="input")
+        seeds = self._per_item(seed, len(scripts), "seed", offset_ints=True)
+        sampling = self._sampling(temperature, top_k, top_p, text_temperature, text_top_k, audio_temperature,
+                                  audio_top_k)
+        requests = [
+            self._request(s, seed=sd, cfg_scale=cfg_scale, cfg_filter_k=cfg_filter_k, max_new_tokens=max_new_tokens,
+                          prefix_speaker_1=prefix_speaker_1, prefix_transcript_1=prefix_transcript_1,
+                          prefix_speaker_2=prefix_speaker_2, prefix_transcript_2=prefix_transcript_2,
+                          prefix_sample_rate=prefix_sample_rate, include_prefix=include_prefix, **sampling)
+            for s, sd in zip(scripts, seeds, strict=True)
+        ]
+        results = [self._speech(codes, r, state)
+                   for (codes, state), r in zip(self._run(requests, progress), requests, strict=True)]
+        return results[0] if single else results
+
+    def _speech(self, codes: torch.Tensor, request: Any, state: Any) -> Speech:
+        speech = super()._speech(codes, request, state)
+        speech.timestamps = state.timestamps
+        return speech
+
+    def stream(self, script: str, *, chunk_frames: int = 4, **kwargs: Any) -> SpeechStream:
+        """Like ``generate`` for one script, yielding audio chunks of at least ``chunk_frames`` frames
+        (12.5 = 1 s) while it is generated."""
+        if not isinstance(script, str):
+            raise InvalidInputError("stream() takes one script; use generate() for a batch.", param="input")
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise InvalidInputError("chunk_frames must be a positive integer.", param="chunk_frames")
+        sampling_names = ("temperature", "top_k", "top_p", "text_temperature", "text_top_k", "audio_temperature",
+                          "audio_top_k")
+        sampling = self._sampling(*(kwargs.pop(n, None) for n in sampling_names))
+        defaults = dict(seed=None, cfg_scale=2.0, cfg_filter_k=50, max_new_tokens=None, prefix_speaker_1=None,
+                        prefix_transcript_1=None, prefix_speaker_2=None, prefix_transcript_2=None,
+                        prefix_sample_rate=None, include_prefix=False)
+        unknown = set(kwargs) - set(defaults)
+        if unknown:
+            raise InvalidInputError(f"Unknown option(s) for Dia2: {', '.join(sorted(unknown))}.", param=sorted(unknown)[0])
+        request = self._request(script, **{**defaults, **kwargs}, **sampling)
+        self.engine.generator.validate(request)
+        tokens = sum(len(e.tokens) for e in request.entries)
+        return SpeechStream(self, request, input_tokens=tokens, chunk_frames=chunk_frames)

@@ -1,7 +1,7 @@
 """Tiny random checkpoints in exactly the published layouts, for tests and benchmarks.
 
-:func:`write_tiny_checkpoint` writes a few-hundred-kB Dia-1.6B look-alike (or a tiny DAC codec) in one of the
-layouts found on the Hub; :func:`seed_hub_cache` lays a directory out as a Hugging Face Hub cache entry so the
+:func:`write_tiny_checkpoint` writes a few-hundred-kB Dia-1.6B look-alike (or a tiny DAC codec), a tiny Dia2
+look-alike with its own tiny tokenizer, or a tiny Mimi codec, in the layouts found on the Hub; :func:`seed_hub_cache` lays a directory out as a Hugging Face Hub cache entry so the
 repo-id code paths can be exercised offline.
 
 For one ``seed`` the four Dia layouts hold the same weights: one canonical nari-format state dict is drawn and
@@ -25,14 +25,17 @@ import torch
 from faster_dia.errors import InvalidInputError
 from faster_dia.models.dia1.checkpoint import expected_nari_shapes, nari_to_hf
 from faster_dia.models.dia1.config import VARIANT_0626, VARIANT_ORIGINAL, Dia1Config
+from faster_dia.models.dia2.config import Dia2Config
 
 KIND_ORIGINAL = "dia-1.6b"
 KIND_ORIGINAL_PTH = "dia-1.6b-pth"
 KIND_0626 = "dia-1.6b-0626"
 KIND_0626_BIN = "dia-1.6b-0626-bin"
 KIND_DAC = "dac"
+KIND_DIA2 = "dia2"
+KIND_MIMI = "mimi"
 DIA_KINDS = (KIND_ORIGINAL, KIND_ORIGINAL_PTH, KIND_0626, KIND_0626_BIN)
-KINDS = DIA_KINDS + (KIND_DAC,)
+KINDS = DIA_KINDS + (KIND_DAC, KIND_DIA2, KIND_MIMI)
 
 #: Tiny sizes that keep every structural feature of Dia-1.6B: GQA in the decoder self-attention, a decoder
 #: wider than the encoder, attention widths different from the hidden sizes, 9 channels with the real
@@ -127,7 +130,12 @@ def write_tiny_checkpoint(
       safetensors shards and their index (like ``nari-labs/Dia-1.6B-0626``);
     * ``dia-1.6b-0626-bin``: the DiaConfig config.json + nari-format pytorch_model.bin;
     * ``dac``: a tiny transformers DacModel (hop length 512, 9 codebooks of 1024) via ``save_pretrained``;
-      ``config_overrides`` then are DacConfig arguments.
+      ``config_overrides`` then are DacConfig arguments;
+    * ``dia2``: Dia2 config.json (``data``/``model``/``runtime``) + float32 model.safetensors in the published
+      naming + the files of a tiny GPT-2-style tokenizer (like ``nari-labs/Dia2-2B``); ``config_overrides``
+      are Dia2Config field names (see :data:`TINY_DIA2_SIZES`);
+    * ``mimi``: a tiny transformers MimiModel (24 kHz, 12.5 Hz, 32 codebooks of 2048) via ``save_pretrained``;
+      ``config_overrides`` then are MimiConfig arguments.
     """
     if kind not in KINDS:
         raise InvalidInputError(f"Unknown tiny checkpoint kind {kind!r}; choose one of {', '.join(KINDS)}.")
@@ -135,6 +143,10 @@ def write_tiny_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     if kind == KIND_DAC:
         return _write_tiny_dac(directory, seed=seed, config_overrides=config_overrides)
+    if kind == KIND_DIA2:
+        return _write_tiny_dia2(directory, seed=seed, config_overrides=config_overrides)
+    if kind == KIND_MIMI:
+        return _write_tiny_mimi(directory, seed=seed, config_overrides=config_overrides)
 
     variant = VARIANT_ORIGINAL if kind in (KIND_ORIGINAL, KIND_ORIGINAL_PTH) else VARIANT_0626
     config = tiny_dia_config(variant, config_overrides)
@@ -336,6 +348,295 @@ def _write_tiny_dac(directory: Path, *, seed: int, config_overrides: dict[str, A
     }
     torch.manual_seed(seed)
     model = DacModel(DacConfig(**settings)).eval()
+    model.save_pretrained(directory)
+    return directory
+
+
+# --------------------------------------------------------------------------------------------------------
+# Dia2
+# --------------------------------------------------------------------------------------------------------
+
+#: Tiny Dia2 sizes (Dia2Config field names). They keep every structural feature of the published models:
+#: GQA in the decoder, a depformer narrower than the decoder, 34 channels with the real delay pattern, the
+#: real audio vocabulary and special ids, and several depformer weight groups. The text vocabulary follows
+#: from the tiny tokenizer (see :func:`write_tiny_tokenizer`).
+TINY_DIA2_SIZES: dict[str, Any] = {
+    "channels": 34,
+    "audio_vocab_size": 2050,
+    "delay_pattern": (16,) + (18,) * 31,
+    "first_word_min_start": 3,
+    "max_pad": 8,
+    "second_stream_ahead": 2,
+    "decoder_layers": 2,
+    "decoder_hidden_size": 64,
+    "decoder_intermediate_size": 128,
+    "decoder_heads": 4,
+    "decoder_kv_heads": 2,
+    "decoder_head_dim": 16,
+    "depformer_layers": 2,
+    "depformer_hidden_size": 32,
+    "depformer_intermediate_size": 64,
+    "depformer_heads": 2,
+    "depformer_kv_heads": 2,
+    "depformer_head_dim": 16,
+    "depformer_text_embedding": False,
+    "norm_eps": 1e-6,
+    # Three groups over the 31 depformer stages, like the published files' few groups.
+    "weights_schedule": (0,) + (1,) * 15 + (2,) * 15,
+    "max_context_steps": 1500,
+}
+
+#: Tokens of the tiny tokenizer at ids 0..7. The runtime uses model text ids 1 (BOS), 2 (new word), 3 (pad)
+#: and 7 (zero), so no real word may ever get one of these ids; id 0 is the tokenizer's own BOS/EOS/UNK,
+#: as in the published tokenizer (which reports bos_token_id 0).
+TINY_TOKENIZER_SPECIAL_TOKENS = ("<|endoftext|>",) + tuple(
+    f"<|reserved_special_token_{i}|>" for i in range(1, 8)
+)
+#: Added tokens of the tiny tokenizer, after its BPE vocabulary: the speaker tags and a few sound tags.
+TINY_TOKENIZER_ADDED_TOKENS = (
+    "[S1]",
+    "[S2]",
+    "(laughs)",
+    "(sighs)",
+    "(coughs)",
+    "(gasps)",
+    "(clears throat)",
+)
+#: Size of the tiny tokenizer's BPE vocabulary (special tokens, 256 byte symbols, merges).
+TINY_TOKENIZER_BPE_SIZE = 384
+
+#: The word list the tiny tokenizer's BPE is trained on.
+TINY_TOKENIZER_WORDS = """
+the be to of and a in that have it for not on with he as you do at this but his by from they we say her she
+or an will my one all would there their what so up out if about who get which go me when make can like time
+no just him know take people into year your good some could them see other than then now look only come its
+over think also back after use two how our work first well way even new want because any these give day most
+us is are was were been has had did said says hello world speech voice sound audio model dialogue talk talks
+speaker listen laugh sigh cough yes okay thanks thank please sorry really very much little big small long
+short fast slow happy sad today tomorrow yesterday morning night water coffee music story friend family home
+house city country number numbers word words sentence question answer start stop again right left maybe
+never always something nothing everything someone everyone where why here there going doing thing things
+""".split()
+
+
+def write_tiny_tokenizer(directory: str | os.PathLike) -> Path:
+    """Write a tiny GPT-2-style byte-level BPE tokenizer's files (as a Hub tokenizer repo has them); return the directory.
+
+    The BPE is trained on a fixed English word list, so the files are the same on every call. Ids 0..7 are
+    :data:`TINY_TOKENIZER_SPECIAL_TOKENS`, then the 256 byte symbols and the merges up to
+    :data:`TINY_TOKENIZER_BPE_SIZE`, then :data:`TINY_TOKENIZER_ADDED_TOKENS` in order.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_TOKENIZER_BPE_SIZE,
+        special_tokens=list(TINY_TOKENIZER_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Each word both at the start of a text and after a space, as words are encoded in both forms.
+    corpus = [" ".join(TINY_TOKENIZER_WORDS), *TINY_TOKENIZER_WORDS, " ".join(reversed(TINY_TOKENIZER_WORDS))]
+    tokenizer.train_from_iterator(corpus, trainer)
+    tokenizer.add_special_tokens(
+        [AddedToken(t, normalized=False, special=True) for t in TINY_TOKENIZER_ADDED_TOKENS]
+    )
+
+    tokenizer.model.save(str(directory))  # vocab.json and merges.txt
+    tokenizer.save(str(directory / "tokenizer.json"))
+    vocab = tokenizer.get_vocab(with_added_tokens=False)
+    added = {t: tokenizer.token_to_id(t) for t in TINY_TOKENIZER_ADDED_TOKENS}
+    _write_json(directory / "added_tokens.json", added)
+
+    def added_token(content: str) -> dict[str, Any]:
+        return {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+
+    decoder = {str(vocab[t]): added_token(t) for t in TINY_TOKENIZER_SPECIAL_TOKENS}
+    decoder.update({str(i): added_token(t) for t, i in added.items()})
+    _write_json(
+        directory / "tokenizer_config.json",
+        {
+            "add_prefix_space": False,
+            "added_tokens_decoder": decoder,
+            "additional_special_tokens": list(TINY_TOKENIZER_ADDED_TOKENS),
+            "bos_token": "<|endoftext|>",
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|endoftext|>",
+            "model_max_length": 8192,
+            "tokenizer_class": "GPT2Tokenizer",
+            "unk_token": "<|endoftext|>",
+            "vocab_size": len(vocab),
+        },
+    )
+    _write_json(
+        directory / "special_tokens_map.json",
+        {
+            "additional_special_tokens": [added_token(t) for t in TINY_TOKENIZER_ADDED_TOKENS],
+            "bos_token": added_token("<|endoftext|>"),
+            "eos_token": added_token("<|endoftext|>"),
+            "unk_token": added_token("<|endoftext|>"),
+        },
+    )
+    return directory
+
+
+def tiny_dia2_config(text_vocab_size: int, config_overrides: dict[str, Any] | None = None) -> Dia2Config:
+    """The tiny :class:`Dia2Config` with ``config_overrides`` (Dia2Config field names) applied."""
+    overrides = dict(config_overrides or {})
+    known = {f.name for f in dataclasses.fields(Dia2Config)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise InvalidInputError(f"Unknown Dia2Config fields in config_overrides: {', '.join(unknown)}.")
+    for name in ("delay_pattern", "weights_schedule", "decoder_mlp_activations", "depformer_mlp_activations"):
+        if name in overrides:
+            overrides[name] = tuple(overrides[name])
+    return Dia2Config(**{**TINY_DIA2_SIZES, "text_vocab_size": text_vocab_size, **overrides})
+
+
+def tiny_dia2_state_dict(config: Dia2Config, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random fp32 weights in the published Dia2 naming, drawn in a fixed order from ``seed``.
+
+    Scales keep activations near unit size: linear weights ~ N(0, 1/fan_in), embeddings ~ N(0, 1), RMSNorm
+    weights 1 + N(0, 0.1²). Dia2's attention has scale 1.0 after RMSNorm-ing q and k per head, so the q/k
+    norm weights are further scaled by head_dim**-0.25 (scaling the projections would be undone by the norm);
+    the scores then come out ~ N(0, 1).
+    """
+    from faster_dia.models.dia2.checkpoint import expected_shapes
+
+    generator = torch.Generator().manual_seed(seed)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, shape in expected_shapes(config).items():
+        values = torch.randn(shape, generator=generator, dtype=torch.float32)
+        if name.endswith("norm.weight"):
+            values = 1.0 + 0.1 * values
+            if name.endswith(("q_norm.weight", "k_norm.weight")):
+                values = values * shape[0] ** -0.25
+        elif not (".audio_embeds." in name or name.endswith("text_embed.embedding.weight")):
+            values = values * shape[1] ** -0.5
+        tensors[name] = values
+    return tensors
+
+
+def dia2_config_json(config: Dia2Config) -> dict[str, Any]:
+    """The Dia2 config.json describing ``config``, with the published field names and blocks."""
+    c = config
+    data: dict[str, Any] = {
+        "channels": c.channels,
+        "text_vocab_size": c.text_vocab_size,
+        "audio_vocab_size": c.audio_vocab_size,
+        "action_vocab_size": c.action_vocab_size,
+        "text_pad_token_id": c.text_pad_token_id,
+        "text_new_word_token_id": c.text_new_word_token_id,
+        "text_zero_token_id": c.text_zero_token_id,
+        "audio_pad_token_id": c.audio_pad_token_id,
+        "audio_bos_token_id": c.audio_bos_token_id,
+        "action_pad_token_id": c.action_pad_token_id,
+        "action_new_word_token_id": c.action_new_word_token_id,
+        "delay_pattern": list(c.delay_pattern),
+        "first_word_min_start": c.first_word_min_start,
+        "max_pad": c.max_pad,
+        "second_stream_ahead": c.second_stream_ahead,
+    }
+    if c.tokenizer_path is not None:
+        data["tokenizer_path"] = c.tokenizer_path
+    decoder: dict[str, Any] = {
+        "n_layer": c.decoder_layers,
+        "n_embd": c.decoder_hidden_size,
+        "n_hidden": c.decoder_intermediate_size,
+        "gqa_query_heads": c.decoder_heads,
+        "kv_heads": c.decoder_kv_heads,
+        "gqa_head_dim": c.decoder_head_dim,
+    }
+    if c.decoder_low_rank_dim is not None:
+        decoder["low_rank_dim"] = c.decoder_low_rank_dim
+    depformer: dict[str, Any] = {
+        "n_layer": c.depformer_layers,
+        "n_embd": c.depformer_hidden_size,
+        "n_hidden": c.depformer_intermediate_size,
+        "gqa_query_heads": c.depformer_heads,
+        "kv_heads": c.depformer_kv_heads,
+        "gqa_head_dim": c.depformer_head_dim,
+        "apply_rope": c.depformer_apply_rope,
+        "text_embedding": c.depformer_text_embedding,
+    }
+    # The published files leave the MLP activations at the loader's default.
+    if c.depformer_mlp_activations != ("silu", "linear"):
+        depformer["mlp_activations"] = list(c.depformer_mlp_activations)
+    model: dict[str, Any] = {"decoder": decoder, "depformer": depformer}
+    if c.decoder_mlp_activations != ("silu", "linear"):
+        model["linear"] = {"mlp_activations": list(c.decoder_mlp_activations)}
+    model.update(
+        {
+            "dropout": c.dropout,
+            "rope_min_timescale": _plain_number(c.rope_min_timescale),
+            "rope_max_timescale": _plain_number(c.rope_max_timescale),
+            "normalization_layer_epsilon": c.norm_eps,
+        }
+    )
+    runtime = {"weights_schedule": list(c.weights_schedule), "max_context_steps": c.max_context_steps}
+    return {"data": data, "model": model, "runtime": runtime}
+
+
+def _write_tiny_dia2(directory: Path, *, seed: int, config_overrides: dict[str, Any] | None) -> Path:
+    from faster_dia.models.dia2.tokenizer import load_tokenizer
+
+    write_tiny_tokenizer(directory)
+    # Like the published 49,280 rows for a ~49k tokenizer: the embedding table is the tokenizer size rounded up.
+    text_vocab_size = -(-load_tokenizer(directory).vocab_size // 64) * 64
+    config = tiny_dia2_config(text_vocab_size, config_overrides)
+    _write_json(directory / "config.json", dia2_config_json(config))
+    _save_safetensors(tiny_dia2_state_dict(config, seed=seed), directory / "model.safetensors")
+    return directory
+
+
+def _write_tiny_mimi(directory: Path, *, seed: int, config_overrides: dict[str, Any] | None) -> Path:
+    from transformers import MimiConfig, MimiModel
+
+    # Real rates and quantizer layout (24 kHz, 1920 samples per frame, 32 codebooks of 2048), tiny widths.
+    settings = {
+        "sampling_rate": 24000,
+        "frame_rate": 12.5,
+        "hidden_size": 16,
+        "num_filters": 4,
+        "upsampling_ratios": [8, 6, 5, 4],
+        "upsample_groups": 16,
+        "codebook_size": 2048,
+        "codebook_dim": 8,
+        "vector_quantization_hidden_dimension": 8,
+        "num_quantizers": 32,
+        "num_semantic_quantizers": 1,
+        "num_hidden_layers": 1,
+        "intermediate_size": 32,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        **(config_overrides or {}),
+    }
+    torch.manual_seed(seed)
+    model = MimiModel(MimiConfig(**settings)).eval()
+    # Fresh codebooks are all zeros (they are learnt by k-means), so every frame would encode to code 0;
+    # random centroids make codes depend on the audio and decoding depend on the codes.
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith(".embed_sum"):
+                buffer.copy_(torch.randn(buffer.shape, generator=generator))
+        # Shrink the last convolution so that decoded audio mostly stays inside [-1, 1] instead of clipping.
+        last_conv = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv1d)][-1]
+        last_conv.weight.mul_(0.05)
+        if last_conv.bias is not None:
+            last_conv.bias.mul_(0.05)
     model.save_pretrained(directory)
     return directory
 

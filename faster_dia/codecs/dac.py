@@ -10,6 +10,7 @@ import torch
 
 from ..errors import CheckpointError, InvalidInputError
 from ..hub import open_repo
+from .incremental import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ class DacCodec:
         return self.sample_rate / self.hop_length
 
     def incremental_decoder(self) -> IncrementalDecoder:
-        return IncrementalDecoder(self)
+        # DAC's decoder is a stack of non-causal convolutions: an output sample depends on about nine frames
+        # on each side (measured by perturbing one frame), so 12 frames of context either way make it exact.
+        return IncrementalDecoder(self, left_context=12, right_context=12)
 
     @torch.inference_mode()
     def encode(self, pcm: np.ndarray) -> torch.Tensor:
@@ -78,46 +81,3 @@ class DacCodec:
             return np.zeros(0, dtype=np.float32)
         audio = self.model.decode(audio_codes=codes.T[None].to(self.device)).audio_values
         return audio.reshape(-1).float().cpu().numpy()
-
-
-class IncrementalDecoder:
-    """Decodes final frames as they arrive; the concatenated output equals ``DacCodec.decode`` of all frames.
-
-    DAC's decoder is a stack of non-causal convolutions: an output sample depends on about nine frames on
-    each side (measured by perturbing one frame). Each call therefore decodes the new frames with
-    ``context`` frames of history and holds back the last ``context`` frames until their right-hand
-    neighbours are known (or ``flush`` says there are none)."""
-
-    def __init__(self, codec: DacCodec, *, context: int = 12):
-        self.codec = codec
-        self.context = context
-        self._codes = torch.zeros(0, codec.num_codebooks, dtype=torch.long)
-        self._offset = 0  # frame index of self._codes[0]
-        self.emitted = 0  # frames whose audio has been returned
-
-    @property
-    def frames(self) -> int:
-        return self._offset + self._codes.shape[0]
-
-    def push(self, codes: torch.Tensor) -> np.ndarray:
-        """Add the next final frames [n, num_codebooks]; returns the audio that is final now (may be empty)."""
-        self._codes = torch.cat([self._codes, codes.cpu().long()])
-        return self._emit(self.frames - self.context)
-
-    def flush(self) -> np.ndarray:
-        """No more frames will come: return the rest of the audio."""
-        return self._emit(self.frames)
-
-    def _emit(self, upto: int) -> np.ndarray:
-        if upto <= self.emitted:
-            return np.zeros(0, dtype=np.float32)
-        lo = max(self._offset, self.emitted - self.context)
-        hi = min(self.frames, upto + self.context)
-        audio = self.codec.decode(self._codes[lo - self._offset : hi - self._offset])
-        hop = self.codec.hop_length
-        out = audio[(self.emitted - lo) * hop : (upto - lo) * hop]
-        self.emitted = upto
-        keep_from = max(self._offset, self.emitted - self.context)
-        self._codes = self._codes[keep_from - self._offset :]
-        self._offset = keep_from
-        return out

@@ -1,0 +1,95 @@
+"""Mimi 24 kHz codec (32 codebooks of 2048 codes, 1920 samples per frame at 12.5 Hz) through transformers' MimiModel.
+
+Dia2 uses all 32 codebooks. Decoded audio is clamped to [-1, 1], as the Dia2 reference does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, InvalidInputError
+from ..hub import open_repo
+from .incremental import IncrementalDecoder
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MIMI = "kyutai/mimi"
+
+
+class MimiCodec:
+    def __init__(self, model, *, name: str):
+        self.model = model.eval()
+        self.name = name
+        cfg = model.config
+        self.sample_rate = int(cfg.sampling_rate)
+        self.frame_rate = float(cfg.frame_rate)
+        self.hop_length = round(self.sample_rate / self.frame_rate)
+        self.num_codebooks = int(cfg.num_quantizers)
+        self.codebook_size = int(cfg.codebook_size)
+
+    @classmethod
+    def load(
+        cls,
+        codec: str | os.PathLike | None = None,
+        *,
+        revision: str | None = None,
+        device: str | torch.device = "cpu",
+    ) -> MimiCodec:
+        from transformers import MimiModel
+
+        repo = open_repo(codec or DEFAULT_MIMI, revision=revision, what="codec")
+        config_path = repo.get("config.json")
+        repo.get("model.safetensors")
+        from transformers.utils import logging as hf_logging
+
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # loading a small codec needs no bar of its own
+        try:
+            model = MimiModel.from_pretrained(config_path.parent)
+        except Exception as exc:  # transformers raises many kinds; the user needs one sentence
+            raise CheckpointError(f"Could not load the Mimi codec from {repo.name}: {exc}") from exc
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
+        # The codec stays in float32, as in the reference: it is small, and reduced precision colours the audio.
+        return cls(model.to(device=device, dtype=torch.float32), name=repo.name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def incremental_decoder(self) -> IncrementalDecoder:
+        # Mimi's decoder is causal (no look-ahead) but its transformer reaches back a sliding window of
+        # 250 frames per layer. 250 frames (20 s) of history make streamed audio equal the full decode for
+        # results up to 20 s and a close approximation beyond.
+        return IncrementalDecoder(self, left_context=250, right_context=0)
+
+    @torch.inference_mode()
+    def encode(self, pcm: np.ndarray) -> torch.Tensor:
+        """Mono float audio at ``sample_rate`` -> codes [frames, num_codebooks], frames = ceil(samples / hop_length).
+
+        The audio is right-padded with silence to whole frames first.
+        """
+        audio = torch.as_tensor(np.asarray(pcm, dtype=np.float32), device=self.device).view(1, 1, -1)
+        if audio.shape[-1] == 0:
+            raise InvalidInputError("The voice prompt contains no audio.", param="audio_prompt")
+        pad = (-audio.shape[-1]) % self.hop_length
+        audio = torch.nn.functional.pad(audio, (0, pad))
+        codes = self.model.encode(audio, num_quantizers=self.num_codebooks).audio_codes  # [1, n_q, frames]
+        return codes[0].transpose(0, 1).long().cpu()
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes [frames, num_codebooks] -> mono float32 audio of frames * hop_length samples in [-1, 1]."""
+        if codes.shape[0] == 0:
+            return np.zeros(0, dtype=np.float32)
+        if codes.ndim != 2 or codes.shape[1] != self.num_codebooks:
+            raise InvalidInputError(
+                f"Mimi codes must have shape [frames, {self.num_codebooks}], got {list(codes.shape)}."
+            )
+        audio = self.model.decode(codes.T[None].long().to(self.device)).audio_values
+        return audio.clamp(-1.0, 1.0).reshape(-1).float().cpu().numpy()

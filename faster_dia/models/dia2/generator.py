@@ -1,0 +1,320 @@
+"""Frame-by-frame generation for Dia2 over a fixed set of batch slots (the Generator contract of
+docs/ARCHITECTURE.md, as for Dia-1.6B).
+
+One step t, for every running request at once: the transformer reads text tokens (main, second) and the
+delayed audio column t, predicts the action (new word / pad) and codebook 0 for column t+1; the depformer
+then predicts codebooks 1..31 one stage at a time. Actions go to each request's text state machine on the
+host (the one device-to-host transfer per step), which gives the text tokens of step t+1.
+
+The delayed grid: codebook k at column t holds aligned frame t - delay[k]; columns before delay[k] hold BOS.
+A voice prefix fills aligned frames 0 … P-1; every grid cell it determines is teacher-forced, including the
+delayed cells past column P (the reference regenerates those; forcing them is what the delay pattern means).
+A request ends ``flush_tail`` steps after its state machine ran out of words (or at the context limit).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+
+from ...errors import InvalidInputError
+from ..random import seed_key
+from .model import Dia2Model
+from .sampling import STREAMS, choose
+from .text import Entry, TextStateMachine
+
+log = logging.getLogger(__name__)
+
+UNKNOWN = -1
+#: Steps run after the last word: the longest delay (so its audio is complete) plus a little silence.
+FLUSH_EXTRA = 6
+
+
+@dataclass
+class Dia2Request:
+    entries: list[Entry]
+    seed: int
+    prefix_codes: torch.Tensor | None = None  # [P, 32] aligned Mimi codes of the voice prefix
+    prefix_new_word_steps: tuple[int, ...] = ()
+    max_new_frames: int | None = None
+    text_temperature: float = 0.6
+    text_top_k: int = 50
+    audio_temperature: float = 0.8
+    audio_top_k: int = 50
+    cfg_scale: float = 2.0
+    cfg_filter_k: int = 50
+    initial_padding: int = 2
+    include_prefix: bool = False
+
+
+@dataclass
+class Dia2SlotState:
+    request: Dia2Request
+    slot: int
+    machine: TextStateMachine
+    prefix_frames: int
+    crop: int  # first aligned frame of the result
+    position: int  # the decoder position fed by the next step
+    limit: int  # last grid column this request may write
+    text: tuple[int, int] = (1, 3)  # (main, second) text tokens fed at ``position``
+    finished: bool = False
+    last_column: int | None = None
+    hit_limit: bool = False
+    extra: dict = field(default_factory=dict)
+    _max_delay: int = 18
+
+    @property
+    def final_frames(self) -> int:
+        """Aligned frames of the result whose 32 codebooks are all written."""
+        last = self.position if self.last_column is None else self.last_column
+        return max(0, last - self._max_delay + 1 - self.crop)
+
+    @property
+    def timestamps(self) -> list[tuple[str, float]]:
+        frame_rate = 12.5
+        return [
+            (word, round((step - self.crop) / frame_rate, 3))
+            for word, step in self.machine.transcript
+            if step >= self.crop
+        ]
+
+
+class Dia2Generator:
+    def __init__(self, model: Dia2Model, *, max_batch: int, max_prefix_frames: int = 750):
+        self.model = model
+        self.config = c = model.config
+        self.max_batch = max_batch
+        self.device = dev = model.device
+        self.max_positions = c.max_context_steps + max_prefix_frames + 1
+        self.max_prefix_frames = max_prefix_frames
+        self.cache = model.new_cache(2 * max_batch, self.max_positions)
+        self._dep_caches: dict[int, object] = {}
+        self.grid = torch.full((max_batch, self.max_positions, c.num_codebooks), UNKNOWN, dtype=torch.long, device=dev)
+        self.position = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.active = torch.zeros(max_batch, dtype=torch.bool, device=dev)
+        self.key = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.cfg_scale = torch.ones(max_batch, device=dev)
+        self.text_temperature = torch.ones(max_batch, device=dev)
+        self.text_top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
+        self.audio_temperature = torch.ones(max_batch, device=dev)
+        self.audio_top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
+        self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
+        self._slot_index = torch.arange(max_batch, device=dev)
+        self._free = list(range(max_batch))
+        self._states: dict[int, Dia2SlotState] = {}
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    # ------------------------------------------------------------------ admission
+
+    def validate(self, request: Dia2Request) -> None:
+        c = self.config
+        if not any(e.tokens for e in request.entries):
+            raise InvalidInputError("The script has no words to speak.", param="input")
+        prefix = 0 if request.prefix_codes is None else int(request.prefix_codes.shape[0])
+        if prefix > self.max_prefix_frames:
+            raise InvalidInputError(
+                f"The voice prefixes are {prefix / 12.5:.1f} s long; at most {self.max_prefix_frames / 12.5:.0f} s "
+                "fit in the context.", param="prefix_speaker_1",
+            )
+        if request.prefix_codes is not None and (
+            request.prefix_codes.dim() != 2 or request.prefix_codes.shape[1] != c.num_codebooks
+        ):
+            raise InvalidInputError(f"Prefix codes must have shape [frames, {c.num_codebooks}].", param="prefix_speaker_1")
+        tokens = sum(len(e.tokens) for e in request.entries)
+        if tokens + request.initial_padding + c.max_delay + FLUSH_EXTRA > c.max_context_steps:
+            raise InvalidInputError(
+                f"The script needs at least {tokens} steps of text but the model's context holds "
+                f"{c.max_context_steps} steps ({c.max_context_steps / 12.5:.0f} s); shorten it.", param="input",
+            )
+        if request.max_new_frames is not None and request.max_new_frames < 1:
+            raise InvalidInputError("max_new_tokens must be a positive number of frames.", param="max_new_tokens")
+        for name in ("text_temperature", "audio_temperature"):
+            if getattr(request, name) < 0:
+                raise InvalidInputError(f"{name} must be >= 0 (0 means greedy).", param=name)
+        for name in ("text_top_k", "audio_top_k", "cfg_filter_k"):
+            if getattr(request, name) < 1:
+                raise InvalidInputError(f"{name} must be a positive integer.", param=name)
+        if request.cfg_scale <= 0:
+            raise InvalidInputError("cfg_scale must be > 0 (1 disables guidance).", param="cfg_scale")
+
+    @torch.inference_mode()
+    def prepare(self, request: Dia2Request) -> Dia2SlotState:
+        self.validate(request)
+        if not self._free:
+            raise RuntimeError("no free batch slot")
+        slot = self._free.pop(0)
+        try:
+            state = self._fill_slot(slot, request)
+        except BaseException:
+            self._free.append(slot)
+            self._free.sort()
+            raise
+        self._states[slot] = state
+        return state
+
+    def _fill_slot(self, slot: int, request: Dia2Request) -> Dia2SlotState:
+        c, dev = self.config, self.device
+        machine = TextStateMachine(
+            list(request.entries), config=c, initial_padding=request.initial_padding,
+        )
+        prefix = request.prefix_codes
+        P = 0 if prefix is None else int(prefix.shape[0])
+
+        # The grid: BOS before each codebook's delay, the prefix's aligned frames where they fall.
+        grid = self.grid[slot]
+        grid.fill_(UNKNOWN)
+        columns = torch.arange(self.max_positions, device=dev)[:, None]
+        grid.copy_(torch.where(columns < self.delays, c.audio_bos_token_id, UNKNOWN).expand_as(grid))
+        if P:
+            frames = prefix.to(dev).long()
+            for k, d in enumerate(c.delay_pattern):
+                grid[d : d + P, k] = frames[:, k]
+
+        # Warm-up over the prefix: the actions are known (new word at the listed steps), so the text for every
+        # prefix step comes from the state machine first and the transformer prefills all of them at once.
+        text = [(c.text_bos_token_id, c.text_pad_token_id)]
+        forced = set(request.prefix_new_word_steps)
+        for t in range(max(P - 1, 0)):
+            action = c.action_new_word_token_id if t in forced else c.action_pad_token_id
+            text.append(machine.process(t, action, forced=True))
+        start = max(P - 1, 0)
+        if start:
+            rows = torch.tensor([2 * slot, 2 * slot + 1], device=dev)
+            main = torch.tensor([[m for m, _ in text[:start]], [c.text_zero_token_id] * start], device=dev)
+            second = torch.tensor([[s for _, s in text[:start]], [c.text_pad_token_id] * start], device=dev)
+            audio = grid[:start].clamp_min(0).expand(2, -1, -1)
+            positions = torch.arange(start, device=dev).expand(2, -1)
+            self.model.decode(main, second, audio, positions, self.cache, rows, kv_length=start)
+
+        limit = self.max_positions - 1
+        if request.max_new_frames is not None:
+            limit = min(limit, P + request.max_new_frames + c.max_delay - 1)
+        limit = min(limit, P + c.max_context_steps)
+        self.position[slot] = start
+        self.active[slot] = True
+        self.key[slot] = seed_key(request.seed)
+        self.cfg_scale[slot] = request.cfg_scale
+        self.text_temperature[slot] = request.text_temperature
+        self.text_top_k[slot] = request.text_top_k
+        self.audio_temperature[slot] = request.audio_temperature
+        self.audio_top_k[slot] = request.audio_top_k
+        return Dia2SlotState(
+            request=request, slot=slot, machine=machine, prefix_frames=P,
+            crop=0 if (request.include_prefix or not P) else P, position=start, limit=limit,
+            text=text[start], _max_delay=c.max_delay,
+        )
+
+    # ------------------------------------------------------------------ stepping
+
+    def _dep_cache(self, rows: int):
+        if rows not in self._dep_caches:
+            self._dep_caches[rows] = self.model.new_depformer_cache(rows)
+        return self._dep_caches[rows]
+
+    @torch.inference_mode()
+    def step(self, states: list[Dia2SlotState]) -> list[Dia2SlotState]:
+        if not states:
+            return []
+        c, dev = self.config, self.device
+        hi = max(s.slot for s in states) + 1
+        span = slice(0, hi)
+        slots = self._slot_index[:hi]
+        guided = any(s.request.cfg_scale != 1.0 for s in states)
+        per_slot = 2 if guided else 1
+        rows = slice(0, 2 * hi) if guided else slice(0, 2 * hi, 2)
+        position = self.position[span]
+        active = self.active[span]
+
+        main = [c.text_pad_token_id] * hi
+        second = [c.text_pad_token_id] * hi
+        for s in states:
+            main[s.slot], second[s.slot] = s.text
+        text_main = torch.tensor(main, device=dev)
+        text_second = torch.tensor(second, device=dev)
+        if guided:  # the unconditional branch reads (zero, pad) as its text, every step
+            text_main = torch.stack([text_main, torch.full_like(text_main, c.text_zero_token_id)], 1).view(-1)
+            text_second = torch.stack([text_second, torch.full_like(text_second, c.text_pad_token_id)], 1).view(-1)
+        audio = self.grid[slots, position].clamp_min(0).repeat_interleave(per_slot, dim=0)
+        row_positions = position.repeat_interleave(per_slot)
+        hidden, action_logits, cb0_logits = self.model.decode(
+            text_main[:, None], text_second[:, None], audio[:, None], row_positions[:, None], self.cache, rows,
+            kv_length=max(s.position for s in states) + 1,
+        )
+        hidden = hidden[:, 0]
+
+        def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+            if not guided:
+                return logits, None
+            pair = logits.view(hi, 2, -1)
+            return pair[:, 0], pair[:, 1]
+
+        nxt = position + 1
+        sampling_text = any(s.request.text_temperature > 0 for s in states)
+        sampling_audio = any(s.request.audio_temperature > 0 for s in states)
+        filter_k = max(s.request.cfg_filter_k for s in states)
+        common = dict(cfg_scale=self.cfg_scale[span], cfg_filter_k=filter_k, keys=self.key[span])
+        action = choose(
+            *split(action_logits[:, 0]), temperature=self.text_temperature[span], top_k=self.text_top_k[span],
+            max_top_k=max(s.request.text_top_k for s in states), draw=nxt * STREAMS, sampling=sampling_text, **common,
+        )
+        audio_kwargs = dict(
+            temperature=self.audio_temperature[span], top_k=self.audio_top_k[span],
+            max_top_k=max(s.request.audio_top_k for s in states), sampling=sampling_audio, **common,
+        )
+        token = choose(
+            *split(cb0_logits[:, 0]), draw=nxt * STREAMS + 1,
+            banned=(c.audio_bos_token_id, c.audio_pad_token_id), **audio_kwargs,
+        )
+        codes = [token]
+        dep_cache = self._dep_cache(hi * per_slot)
+        for stage in range(c.num_codebooks - 1):
+            logits = self.model.depformer_step(hidden, token.repeat_interleave(per_slot), stage, dep_cache)
+            token = choose(*split(logits), draw=nxt * STREAMS + 2 + stage, **audio_kwargs)
+            codes.append(token)
+        frame = torch.stack(codes, dim=-1)
+
+        write_at = nxt.clamp_max(self.max_positions - 1)
+        known = self.grid[slots, write_at]
+        frame = torch.where(known != UNKNOWN, known, frame)
+        self.grid[slots, write_at] = torch.where(active[:, None], frame, known)
+        self.position[span] = torch.where(active, nxt, position)
+
+        actions = action.tolist()  # the one device-to-host transfer of the step
+        for s in states:
+            t = s.position
+            s.position += 1
+            s.text = s.machine.process(t, actions[s.slot])
+            end = s.machine.end_step
+            if end is not None and s.position >= end + c.max_delay + FLUSH_EXTRA:
+                s.finished, s.last_column = True, s.position
+            elif s.position >= s.limit:
+                s.finished, s.last_column, s.hit_limit = True, s.position, True
+                if s.request.max_new_frames is None:
+                    log.warning("request reached the %d-step context limit before its script ended", c.max_context_steps)
+        return states
+
+    # ------------------------------------------------------------------ results
+
+    def frames(self, state: Dia2SlotState, start: int, stop: int) -> torch.Tensor:
+        """Aligned frames [start, stop) of the result [n, 32] (0 = first frame after the crop)."""
+        first = state.crop + start
+        index = torch.arange(first, state.crop + stop, device=self.device)
+        cols = index[:, None] + self.delays
+        return self.grid[state.slot][cols, torch.arange(self.config.num_codebooks, device=self.device)].clamp_min(0)
+
+    def finish(self, state: Dia2SlotState) -> torch.Tensor:
+        codes = self.frames(state, 0, state.final_frames)
+        self.release(state)
+        return codes
+
+    def release(self, state: Dia2SlotState) -> None:
+        if self._states.pop(state.slot, None) is None:
+            return
+        self.active[state.slot] = False
+        self._free.append(state.slot)
+        self._free.sort()

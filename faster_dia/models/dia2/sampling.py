@@ -1,0 +1,67 @@
+"""Guidance and sampling for Dia2, batched over requests with per-request parameters.
+
+The reference rule: with guidance, ``guided = uncond + scale * (cond - uncond)`` only chooses the
+``cfg_filter_k`` candidates; the conditional logits of those candidates are sampled (temperature, then top-k
+on the probabilities). A scale of 1 skips the filter. Temperature 0 is greedy. Unlike Dia-1.6B's rule, the
+guided logits are centred on the unconditional branch.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..random import uniform_noise
+
+NEG_INF = float("-inf")
+#: Draws for one decoder step are keyed by position * STREAMS + stream, stream 0 the action, 1 + k codebook k.
+STREAMS = 64
+
+
+def choose(
+    cond: torch.Tensor,
+    uncond: torch.Tensor | None,
+    *,
+    cfg_scale: torch.Tensor,
+    cfg_filter_k: int,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    max_top_k: int,
+    keys: torch.Tensor,
+    draw: torch.Tensor,
+    banned: tuple[int, ...] = (),
+    sampling: bool = True,
+) -> torch.Tensor:
+    """One token per row from logits [B, V] -> [B] int64.
+
+    ``uncond`` may be None when no row uses guidance. ``draw`` [B] identifies the random draw (see STREAMS).
+    ``banned`` ids are removed after guidance (the reference masks BOS/PAD on codebook 0 there)."""
+    B, V = cond.shape
+    guided_rows = (cfg_scale != 1.0) if uncond is not None else torch.zeros(B, dtype=torch.bool, device=cond.device)
+    if uncond is not None:
+        guided = uncond + cfg_scale.view(-1, 1) * (cond - uncond)
+        ranking = torch.where(guided_rows.view(-1, 1), guided, cond)
+    else:
+        ranking = cond
+    # Candidates: the guidance filter's k for guided rows, the whole vocabulary otherwise.
+    any_unguided = uncond is None or not bool(guided_rows.all())
+    k = V if any_unguided else min(cfg_filter_k, V)
+    ids = ranking.topk(k, dim=-1).indices if k < V else torch.arange(V, device=cond.device).expand(B, V)
+    values = cond.gather(-1, ids)
+    if k > cfg_filter_k and uncond is not None:
+        rank = torch.arange(k, device=cond.device)
+        values = values.masked_fill(guided_rows.view(-1, 1) & (rank >= cfg_filter_k), NEG_INF)
+    for token in banned:
+        values = values.masked_fill(ids == token, NEG_INF)
+
+    # top-k on the conditional distribution (probabilities rank like logits)
+    kk = min(max_top_k, values.shape[-1])
+    values, order = values.topk(kk, dim=-1)
+    ids = ids.gather(-1, order)
+    values = values.masked_fill(torch.arange(kk, device=cond.device) >= top_k.view(-1, 1), NEG_INF)
+    greedy = ids[:, 0]
+    if not sampling:
+        return greedy
+    probs = (values / temperature.clamp_min(1e-6).view(-1, 1)).softmax(dim=-1)
+    noise = uniform_noise(keys, draw, ids[:, None, :])[:, 0]
+    sampled = ids.gather(-1, (probs / -torch.log(noise)).argmax(dim=-1, keepdim=True))[:, 0]
+    return torch.where(temperature <= 0, greedy, sampled)
