@@ -9,8 +9,6 @@ from pathlib import Path
 
 from .errors import FasterDiaError
 
-DEFAULTS = dict(temperature=1.2, top_p=0.95, top_k=45, cfg_scale=3.0)
-
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Hub id or local directory (default nari-labs/Dia-1.6B-0626)")
@@ -35,15 +33,27 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--output", "-o", type=Path, default=Path("out.wav"), help="WAV file to write (default out.wav)")
     _add_model_options(speak)
     speak.add_argument("--seed", type=int, default=None, help="random seed (printed when not given)")
-    speak.add_argument("--temperature", type=float, default=DEFAULTS["temperature"], help="0 means greedy")
-    speak.add_argument("--top-p", type=float, default=DEFAULTS["top_p"])
-    speak.add_argument("--top-k", "--cfg-filter-top-k", dest="top_k", type=int, default=DEFAULTS["top_k"],
-                       help="candidates kept by the guidance filter")
-    speak.add_argument("--cfg-scale", type=float, default=DEFAULTS["cfg_scale"])
+    speak.add_argument("--temperature", type=float, default=None,
+                       help="0 means greedy (default 1.2 for Dia-1.6B; for Dia2 it sets text and audio)")
+    speak.add_argument("--top-p", type=float, default=None, help="nucleus sampling, Dia-1.6B (default 0.95)")
+    speak.add_argument("--top-k", "--cfg-filter-top-k", dest="top_k", type=int, default=None,
+                       help="Dia-1.6B: candidates kept by the guidance filter (default 45); Dia2: top-k of text and audio")
+    speak.add_argument("--cfg-scale", type=float, default=None, help="guidance (default 3.0 Dia-1.6B, 2.0 Dia2)")
     speak.add_argument("--max-new-tokens", type=int, default=None,
-                       help="decoder steps allowed (86 frames = 1 s); default: as many as fit")
-    speak.add_argument("--prompt", type=Path, default=None, help="voice prompt audio (wav, flac, mp3, ogg)")
+                       help="Dia-1.6B: decoder steps (86 = 1 s); Dia2: frames (12.5 = 1 s); default: as many as fit")
+    speak.add_argument("--prompt", type=Path, default=None, help="Dia-1.6B voice prompt audio (wav, flac, mp3, ogg)")
     speak.add_argument("--prompt-text", default=None, help="transcript of the voice prompt, with speaker tags")
+    dia2 = speak.add_argument_group("Dia2 options")
+    dia2.add_argument("--text-temperature", type=float, default=None, help="default 0.6")
+    dia2.add_argument("--text-top-k", type=int, default=None, help="default 50")
+    dia2.add_argument("--audio-temperature", type=float, default=None, help="default 0.8")
+    dia2.add_argument("--audio-top-k", type=int, default=None, help="default 50")
+    dia2.add_argument("--cfg-filter-k", type=int, default=None, help="default 50")
+    dia2.add_argument("--prefix-speaker-1", type=Path, default=None, help="voice prefix audio for [S1]")
+    dia2.add_argument("--prefix-text-1", default=None, help="transcript of the [S1] prefix")
+    dia2.add_argument("--prefix-speaker-2", type=Path, default=None, help="voice prefix audio for [S2]")
+    dia2.add_argument("--prefix-text-2", default=None, help="transcript of the [S2] prefix")
+    dia2.add_argument("--include-prefix", action="store_true", help="keep the prefix audio in the output")
     speak.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server",
@@ -106,13 +116,32 @@ def _speak(args: argparse.Namespace) -> int:
         bar.set_postfix_str(f"{p.real_time_factor:.2f}x real time", refresh=False)
         bar.refresh()
 
+    options = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "cfg_scale")
+               if getattr(args, name) is not None}
+    dia2_only = ("text_temperature", "text_top_k", "audio_temperature", "audio_top_k", "cfg_filter_k")
+    if getattr(tts, "family", "") == "dia2":
+        if args.prompt is not None:
+            raise InvalidInputError("Dia2 takes voice prefixes: use --prefix-speaker-1 and --prefix-text-1.")
+        options.update({name: getattr(args, name) for name in dia2_only if getattr(args, name) is not None})
+        for n in (1, 2):
+            path = getattr(args, f"prefix_speaker_{n}")
+            if path is not None:
+                if not path.exists():
+                    raise FasterDiaError(f"Voice prefix file not found: {path}")
+                options[f"prefix_speaker_{n}"] = str(path)
+                options[f"prefix_transcript_{n}"] = getattr(args, f"prefix_text_{n}")
+        options["include_prefix"] = args.include_prefix
+    else:
+        given = [f"--{name.replace('_', '-')}" for name in dia2_only if getattr(args, name) is not None]
+        given += [flag for flag, value in (("--prefix-speaker-1", args.prefix_speaker_1),
+                                           ("--prefix-speaker-2", args.prefix_speaker_2)) if value is not None]
+        if given:
+            raise InvalidInputError(f"{', '.join(given)} apply to Dia2 models only.")
+        options.update(audio_prompt=str(args.prompt) if args.prompt is not None else None,
+                       audio_prompt_transcript=args.prompt_text)
     try:
-        speech = tts.generate(
-            script, seed=args.seed, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-            cfg_scale=args.cfg_scale, max_new_tokens=args.max_new_tokens,
-            audio_prompt=str(args.prompt) if args.prompt is not None else None,
-            audio_prompt_transcript=args.prompt_text, progress=None if bar is None else on_progress,
-        )
+        speech = tts.generate(script, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                              progress=None if bar is None else on_progress, **options)
     finally:
         if bar is not None:
             bar.close()

@@ -42,3 +42,16 @@ def tts_original(tiny_dirs):
     import faster_dia
 
     return faster_dia.load(tiny_dirs["dia-1.6b"], codec=tiny_dirs["dac"], device="cpu")
+
+
+@pytest.fixture(scope="session")
+def dia2_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny-dia2")
+    return {"dia2": write_tiny_checkpoint("dia2", root / "dia2"), "mimi": write_tiny_checkpoint("mimi", root / "mimi")}
+
+
+@pytest.fixture(scope="session")
+def tts2(dia2_dirs):
+    import faster_dia
+
+    return faster_dia.load(dia2_dirs["dia2"], codec=dia2_dirs["mimi"], device="cpu")
