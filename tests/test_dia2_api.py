@@ -144,3 +144,19 @@ def test_cli_speaks_with_a_dia2_model(dia2_dirs, tmp_path):
         capture_output=True, text=True, env=env, timeout=300,
     )
     assert bad.returncode != 0 and "--prefix-speaker-1" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_server_serves_a_dia2_model(tts2):
+    from starlette.testclient import TestClient
+
+    from faster_dia.server import create_app
+
+    expected = tts2.generate("[S1] Hello there. [S2] Hi!", seed=1)
+    with TestClient(create_app(tts2)) as client:
+        response = client.post("/v1/audio/speech", json={"model": "tts-1", "input": "[S1] Hello there. [S2] Hi!",
+                                                         "voice": "alloy", "response_format": "pcm", "seed": 1})
+        assert response.status_code == 200 and response.headers["x-seed"] == "1"
+        assert len(response.content) == 2 * round(expected.duration * 24000)  # 24 kHz 16-bit, Dia2's own rate
+        bad = client.post("/v1/audio/speech", json={"input": "[S1] Hello.", "top_p": 0.9})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_p"
+        assert client.get("/health").json()["sample_rate"] == 24000
