@@ -8,8 +8,8 @@ import os
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, InvalidInputError
-from ..hub import open_repo
+from ..errors import InvalidInputError
+from . import load_transformers_codec
 from .incremental import IncrementalDecoder
 
 log = logging.getLogger(__name__)
@@ -33,22 +33,8 @@ class DacCodec:
     ) -> DacCodec:
         from transformers import DacModel
 
-        repo = open_repo(codec or DEFAULT_DAC, revision=revision, what="codec")
-        config_path = repo.get("config.json")
-        repo.get("model.safetensors")
-        from transformers.utils import logging as hf_logging
-
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # loading a small codec needs no bar of its own
-        try:
-            model = DacModel.from_pretrained(config_path.parent)
-        except Exception as exc:  # transformers raises many kinds; the user needs one sentence
-            raise CheckpointError(f"Could not load the DAC codec from {repo.name}: {exc}") from exc
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
-        # The codec stays in float32: it is small, and reduced precision audibly colours the waveform.
-        return cls(model.to(device=device, dtype=torch.float32), name=repo.name)
+        model, name = load_transformers_codec(DacModel, codec or DEFAULT_DAC, revision=revision, device=device, label="DAC")
+        return cls(model, name=name)
 
     @property
     def device(self) -> torch.device:
