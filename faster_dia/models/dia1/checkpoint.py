@@ -31,6 +31,7 @@ import torch
 from faster_dia.errors import CheckpointError, ModelNotFoundError
 from faster_dia.hub import Repo, open_repo
 from faster_dia.models.dia1.config import VARIANT_0626, VARIANT_ORIGINAL, Dia1Config
+from faster_dia.models.weights import check_tensors, name_list
 
 LAYOUT_NARI_SAFETENSORS = "nari-safetensors"
 LAYOUT_NARI_PTH = "nari-pth"
@@ -590,7 +591,7 @@ def _read_safetensors(paths: list[Path], index_path: Path | None) -> dict[str, t
         absent = sorted(name for name in weight_map if name not in tensors)
         if absent:
             raise CheckpointError(
-                f"The shard index lists tensors its shards do not hold: {_name_list(absent)}."
+                f"The shard index lists tensors its shards do not hold: {name_list(absent)}."
             )
     return tensors
 
@@ -621,7 +622,7 @@ def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
     )
     if not_tensors:
         raise CheckpointError(
-            f"The weight file {path} has entries that are not tensors: {_name_list(not_tensors)}."
+            f"The weight file {path} has entries that are not tensors: {name_list(not_tensors)}."
         )
     return dict(obj)
 
@@ -644,34 +645,11 @@ def _detect_naming(tensors: dict[str, torch.Tensor], paths: list[Path]) -> str:
         return "hf"
     if nari:
         return "nari"
-    found = _name_list(sorted(tensors)) if tensors else "no tensors at all"
+    found = name_list(sorted(tensors)) if tensors else "no tensors at all"
     raise CheckpointError(f"The weight file(s) {where} hold no Dia-1.6B tensors (found {found}).")
 
 
 def _check_tensors(
     tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], where: str, naming: str
 ) -> None:
-    missing = [name for name in expected if name not in tensors]
-    unexpected = sorted(name for name in tensors if name not in expected)
-    wrong = [
-        f"{name} (expected {list(shape)}, found {list(tensors[name].shape)})"
-        for name, shape in expected.items()
-        if name in tensors and tuple(tensors[name].shape) != shape
-    ]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing {_name_list(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {_name_list(unexpected)}")
-    if wrong:
-        parts.append(f"wrong shape {_name_list(wrong)}")
-    raise CheckpointError(
-        f"The {naming}-format weights in {where} do not match config.json: " + "; ".join(parts) + "."
-    )
-
-
-def _name_list(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+    check_tensors(tensors, expected, f"{naming}-format weights in {where}")

@@ -23,6 +23,7 @@ from faster_dia.errors import CheckpointError
 from faster_dia.hub import Repo, open_repo
 from faster_dia.models.dia2.config import Dia2Config
 from faster_dia.models.dia2.tokenizer import OPTIONAL_TOKENIZER_FILES, REQUIRED_TOKENIZER_FILES
+from faster_dia.models.weights import check_tensors
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
@@ -391,25 +392,4 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def _check_tensors(
     tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], where: str
 ) -> None:
-    missing = [name for name in expected if name not in tensors]
-    unexpected = sorted(name for name in tensors if name not in expected)
-    wrong = [
-        f"{name} (expected {list(shape)}, found {list(tensors[name].shape)})"
-        for name, shape in expected.items()
-        if name in tensors and tuple(tensors[name].shape) != shape
-    ]
-    if not (missing or unexpected or wrong):
-        return
-    parts = []
-    if missing:
-        parts.append(f"missing {_name_list(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {_name_list(unexpected)}")
-    if wrong:
-        parts.append(f"wrong shape {_name_list(wrong)}")
-    raise CheckpointError(f"The Dia2 weights in {where} do not match config.json: " + "; ".join(parts) + ".")
-
-
-def _name_list(names: list[str], limit: int = 6) -> str:
-    shown = ", ".join(names[:limit])
-    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+    check_tensors(tensors, expected, f"Dia2 weights in {where}")
