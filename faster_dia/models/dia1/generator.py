@@ -1,12 +1,13 @@
 """Step-by-step generation for Dia-1.6B over a fixed set of batch slots.
 
 The contract (docs/ARCHITECTURE.md, "Generator"): ``prepare(request)`` claims a slot, encodes the text,
-fills the slot's cross-attention cache and prefills the voice prompt; ``step(states)`` advances every given
+fills the slot's cross-attention cache and prefills the voice prompt; ``step()`` advances every running
 request by one decoder position in one batched call; ``finish(state)`` returns the request's codes and frees
 its slot. Requests in different slots may sit at different positions, have different text and prompt lengths
 and different sampling parameters, and join or leave between any two steps.
 
-Per step the host learns only which requests finished (one small device-to-host copy); everything else
+Per step the host learns only which requests finished (one small device-to-host copy), and the step itself is a
+fixed sequence of device operations per step shape, so CUDA can replay it as a graph; everything else
 (teacher forcing of the prompt, the EOS tail of the delay pattern, the length limit) is decided on the
 device from per-slot tensors.
 
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ...errors import InvalidInputError
+from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
 from ..random import seed_key
 from .config import Dia1Config
 from .delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
@@ -52,32 +55,43 @@ class Dia1Request:
     cfg_scale: float = 3.0
 
 
-@dataclass
+@dataclass(eq=False)
 class SlotState:
     request: Dia1Request
     slot: int
     prompt_frames: int
     text_length: int
-    position: int  # the decoder position fed by the next step
     finished: bool = False
     end_position: int | None = None  # channel-0 EOS position, known once finished
     extra: dict = field(default_factory=dict)
+    _positions: np.ndarray | None = None  # the generator's host copy of every slot's position
+    _released_at: int | None = None
+    _delays: tuple[int, ...] = (0,)
+
+    @property
+    def position(self) -> int:
+        """The decoder position fed by the next step."""
+        if self._released_at is not None:
+            return self._released_at
+        return int(self._positions[self.slot])
 
     @property
     def final_frames(self) -> int:
         """How many frames of this request's audio are final (all nine channels written)."""
         if self.finished:
             return self.end_position - 1 - self.prompt_frames
-        last_written = self.position
-        return max(0, last_written - max(self._delays) - self.prompt_frames)
-
-    _delays: tuple[int, ...] = (0,)
+        return max(0, self.position - max(self._delays) - self.prompt_frames)
 
 
-@dataclass
-class StepOutput:
-    state: SlotState
-    finished: bool
+@dataclass(frozen=True)
+class StepShape:
+    """Everything the host decides about one step; the device step depends on nothing else."""
+
+    batch: int  # slots 0 … batch-1 are stepped
+    kv_length: int  # self-attention keys read per row
+    text_length: int  # cross-attention keys read per row
+    top_k: int  # candidate set size
+    sampling: bool  # False when every request is greedy
 
 
 def max_new_tokens_limit(config: Dia1Config, prompt_frames: int) -> int:
@@ -91,7 +105,10 @@ def min_new_tokens(config: Dia1Config) -> int:
 
 
 class Dia1Generator:
-    def __init__(self, model: Dia1Model, *, max_batch: int):
+    """``step_mode`` is ``eager``, ``cuda-graphs`` or ``trace`` (see models/graphs.py); by default CUDA graphs on
+    CUDA and eager elsewhere."""
+
+    def __init__(self, model: Dia1Model, *, max_batch: int, step_mode: str | None = None):
         self.model = model
         self.config = c = model.config
         self.max_batch = max_batch
@@ -110,8 +127,17 @@ class Dia1Generator:
         self.top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
         self.cfg_scale = torch.zeros(max_batch, dtype=torch.float32, device=dev)
         self.key = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.done = torch.zeros(max_batch, dtype=torch.bool, device=dev)
         self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
         self._slot_index = torch.arange(max_batch, device=dev)
+        # Host copies of what the host decides from (step shapes, finished requests), indexed by slot, so a
+        # step needs no loop over requests and no extra device reads.
+        self._host_active = np.zeros(max_batch, dtype=bool)
+        self._host_position = np.zeros(max_batch, dtype=np.int64)
+        self._host_text_length = np.zeros(max_batch, dtype=np.int64)
+        self._host_top_k = np.zeros(max_batch, dtype=np.int64)
+        self._host_sampling = np.zeros(max_batch, dtype=bool)
+        self.runner = StepRunner(step_mode or resolve_mode(dev, None))
         self._free = list(range(max_batch))
         self._states: dict[int, SlotState] = {}
 
@@ -202,9 +228,15 @@ class Dia1Generator:
         self.cfg_scale[slot] = request.cfg_scale
         self.key[slot] = seed_key(request.seed)
         self.active[slot] = True
+        text_length = int(request.text.shape[0])
+        self._host_active[slot] = True
+        self._host_position[slot] = prompt_frames
+        self._host_text_length[slot] = text_length
+        self._host_top_k[slot] = request.top_k
+        self._host_sampling[slot] = request.temperature > 0
         state = SlotState(
-            request=request, slot=slot, prompt_frames=prompt_frames, text_length=int(request.text.shape[0]),
-            position=prompt_frames, _delays=c.delay_pattern,
+            request=request, slot=slot, prompt_frames=prompt_frames, text_length=text_length,
+            _positions=self._host_position, _delays=c.delay_pattern,
         )
         self._states[slot] = state
         return state
@@ -235,33 +267,70 @@ class Dia1Generator:
     # ------------------------------------------------------------------ stepping
 
     @torch.inference_mode()
-    def step(self, states: list[SlotState]) -> list[StepOutput]:
-        """Advance every request in ``states`` by one position in one batched decoder call."""
-        if not states:
+    def step(self, states: list[SlotState] | None = None) -> list[SlotState]:
+        """Advance every running request (every prepared slot that has not finished) by one position in one
+        batched decoder call; returns the requests that finished with this step. ``states`` is accepted for
+        callers that track them and is not needed."""
+        running = np.flatnonzero(self._host_active)
+        if running.size == 0:
             return []
+        shape = self._shape(running)
+        self.runner.run(shape, lambda: self._device_step(shape))
+        self._host_position[running] += 1
+        finished = []
+        for slot in np.flatnonzero(self.done[: shape.batch].cpu().numpy()):  # the step's one device-to-host copy
+            state = self._states[int(slot)]
+            state.finished = True
+            state.end_position = state.position - self.config.max_delay
+            self._host_active[slot] = False
+            finished.append(state)
+        return finished
+
+    def _shape(self, running: np.ndarray) -> StepShape:
+        """The step shape for the running slots: exact, or rounded up to buckets when steps are replayed."""
         c = self.config
-        hi = max(s.slot for s in states) + 1
-        span = slice(0, hi)
-        slots = self._slot_index[:hi]
+        batch = int(running[-1]) + 1
+        kv_length = int(self._host_position[running].max()) + 1
+        text_length = int(self._host_text_length[running].max())
+        top_k = min(int(self._host_top_k[running].max()), c.audio_vocab_size)
+        if not self.runner.bucketed:
+            return StepShape(batch, kv_length, text_length, top_k, bool(self._host_sampling[running].any()))
+        return StepShape(
+            batch=batch_bucket(batch, self.max_batch),
+            kv_length=round_up(kv_length, 256, c.audio_length),
+            text_length=power_of_two_at_least(text_length, 64, c.text_length),
+            top_k=power_of_two_at_least(top_k, 64, c.audio_vocab_size),
+            sampling=True,
+        )
+
+    def _device_step(self, shape: StepShape) -> None:
+        """One decoder position for slots 0 … shape.batch-1, reading and writing only the generator's buffers
+        (capturable: no host values but ``shape``, no device-to-host reads). Inactive slots in the range are
+        computed and discarded."""
+        c = self.config
+        B = shape.batch
+        span = slice(0, B)
+        slots = self._slot_index[:B]
         position = self.position[span]
         active = self.active[span]
 
+        # Rows 2s and 2s+1 (conditional, unconditional) both read slot s's frame at its position.
         frame = self.tokens[slots, position].clamp_min(0)
         logits = self.model.decode(
-            frame.repeat_interleave(2, dim=0)[:, None],
-            position.repeat_interleave(2)[:, None],
+            frame[:, None].expand(B, 2, c.channels).reshape(2 * B, 1, c.channels),
+            position[:, None].expand(B, 2).reshape(2 * B, 1),
             self.cache,
-            slice(0, 2 * hi),
-            kv_length=max(s.position for s in states) + 1,
-            text_length=max(s.text_length for s in states),
-        ).view(hi, 2, c.channels, c.audio_vocab_size)
+            slice(0, 2 * B),
+            kv_length=shape.kv_length,
+            text_length=shape.text_length,
+        ).view(B, 2, c.channels, c.audio_vocab_size)
 
         nxt = position + 1
         token = choose_tokens(
             logits[:, 0], logits[:, 1], variant=c.variant, cfg_scale=self.cfg_scale[span],
             temperature=self.temperature[span], top_p=self.top_p[span], top_k=self.top_k[span],
-            max_top_k=max(s.request.top_k for s in states), keys=self.key[span], positions=nxt,
-            eos_token_id=c.eos_token_id, sampling=any(s.request.temperature > 0 for s in states),
+            max_top_k=shape.top_k, keys=self.key[span], positions=nxt,
+            eos_token_id=c.eos_token_id, sampling=shape.sampling,
         )
 
         # EOS in channel 0 (or the forced stop) starts the delay tail: channel c ends d_c steps later.
@@ -280,16 +349,8 @@ class Dia1Generator:
         self.eos_position[span] = eos_position
         self.position[span] = torch.where(active, nxt, position)
         done = active & (nxt == eos_position + c.max_delay)
-
-        done_host = done.tolist()  # the one device-to-host transfer of the step
-        outputs = []
-        for state in states:
-            state.position += 1
-            if done_host[state.slot]:
-                state.finished = True
-                state.end_position = state.position - c.max_delay
-            outputs.append(StepOutput(state, state.finished))
-        return outputs
+        self.done[span] = done
+        self.active[span] = active & ~done
 
     # ------------------------------------------------------------------ results
 
@@ -314,6 +375,8 @@ class Dia1Generator:
         """Free a request's slot (finished or cancelled); it may be reused by the next ``prepare``."""
         if self._states.pop(state.slot, None) is None:
             return
+        state._released_at = state.position
         self.active[state.slot] = False
+        self._host_active[state.slot] = False
         self._free.append(state.slot)
         self._free.sort()

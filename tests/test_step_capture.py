@@ -1,0 +1,133 @@
+"""The decode steps are safe to record once per step shape and replay (what CUDA graphs do).
+
+On this machine the ``trace`` step mode stands in for CUDA-graph capture: each step shape is recorded the
+first time it runs, with every host value baked in, and replayed afterwards on whatever requests occupy the
+slots. A request must still get exactly the tokens it gets alone in eager mode, and a step that needs a
+device-to-host read or host data cannot be recorded at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faster_dia.models.dia1.generator import Dia1Generator
+from faster_dia.models.graphs import (
+    CUDA_GRAPHS,
+    EAGER,
+    TRACE,
+    NotCapturableError,
+    StepRunner,
+    batch_bucket,
+    power_of_two_at_least,
+    resolve_mode,
+    round_up,
+)
+
+SCRIPTS = [
+    "[S1] Did you hear? (laughs) [S2] I did.",
+    "[S2] Short.",
+    "[S1] A somewhat longer third line for this batch, with more words.",
+    "[S2] Fourth. [S1] Yes.",
+    "[S1] Five is the last one (sighs).",
+]
+
+
+def _dia1_request(tts, i):
+    params = dict(seed=300 + i, audio_prompt=None, audio_prompt_transcript=None, audio_prompt_sample_rate=None,
+                  temperature=[1.2, 0.0, 0.9, 1.5, 1.2][i], top_p=[0.95, 0.95, 0.8, 1.0, 0.9][i],
+                  top_k=[45, 45, 20, 60, 100][i], cfg_scale=[3.0, 3.0, 2.0, 4.0, 1.0][i],
+                  max_new_tokens=[120, 90, 150, 60, 100][i])
+    if i == 3:
+        params.update(audio_prompt=np.random.default_rng(3).integers(0, 1024, (30, 9)),
+                      audio_prompt_transcript="[S1] A prompt.")
+    return tts._request(SCRIPTS[i], **params)
+
+
+def _run_schedule(generator, joins):
+    """Drive ``generator`` by hand: request j may join at step joins[j][0] or later (when a slot is free)."""
+    waiting = list(joins)
+    results, step = {}, 0
+    while waiting or generator._states:
+        while waiting and waiting[0][0] <= step and generator.free_slots:
+            _, name, request = waiting.pop(0)
+            generator.prepare(request).extra["name"] = name
+        for state in generator.step():
+            results[state.extra["name"]] = generator.finish(state)
+        step += 1
+        assert step < 5000
+    return results
+
+
+def _alone(make_generator, request):
+    return _run_schedule(make_generator(1, EAGER), [(0, "x", request)])["x"]
+
+
+@pytest.mark.parametrize("variant", ["0626", "original"])
+def test_dia1_replayed_steps_give_each_request_its_eager_solo_tokens(tts, tts_original, variant):
+    model_tts = tts if variant == "0626" else tts_original
+
+    def make(max_batch, mode):
+        return Dia1Generator(model_tts.model, max_batch=max_batch, step_mode=mode)
+
+    requests = [_dia1_request(model_tts, i) for i in range(5)]
+    alone = [_alone(make, r) for r in requests]
+    generator = make(3, TRACE)
+    # Five requests through three slots, joining at different steps: slots are reused, batch shapes change.
+    got = _run_schedule(generator, [(j * 9, j, r) for j, r in enumerate(requests)])
+    for i in range(5):
+        assert torch.equal(got[i], alone[i]), f"request {i} changed under replay"
+    # Recorded once per shape and replayed: far fewer recordings than steps.
+    assert 1 <= generator.runner.recorded_shapes <= 6
+
+
+def test_a_step_that_reads_a_device_value_cannot_be_recorded():
+    buffer = torch.arange(4.0)
+
+    def reads_value():
+        buffer.add_(buffer.max().item())
+
+    def boolean_mask():
+        buffer[buffer > 1] = 0
+
+    def host_data():
+        buffer[:1] = torch.tensor([5.0])
+
+    for step in (reads_value, boolean_mask, host_data):
+        with torch.inference_mode(), pytest.raises(NotCapturableError):
+            StepRunner(TRACE).run("shape", step)
+
+
+def test_a_recorded_step_replays_on_the_current_buffer_contents():
+    counter = torch.zeros(2, dtype=torch.long)
+    runs = []
+
+    def step():
+        runs.append(1)
+        counter.add_(counter + 1)
+
+    runner = StepRunner(TRACE)
+    with torch.inference_mode():
+        for _ in range(3):
+            runner.run("a", step)
+    assert counter.tolist() == [7, 7]  # 0 -> 1 -> 3 -> 7: replays read the buffer, not a baked value
+    assert len(runs) == 1  # the Python function ran once, to record
+    assert runner.recorded_shapes == 1
+
+
+def test_step_shape_buckets():
+    assert [batch_bucket(n, 64) for n in (1, 2, 3, 5, 8, 9, 17, 33, 64)] == [1, 2, 4, 8, 8, 16, 24, 40, 64]
+    assert batch_bucket(5, 6) == 6
+    assert [round_up(n, 256, 3072) for n in (1, 256, 257, 3071)] == [256, 256, 512, 3072]
+    assert [power_of_two_at_least(n, 64, 1024) for n in (1, 64, 65, 700, 1024)] == [64, 64, 128, 1024, 1024]
+
+
+def test_cuda_graphs_are_the_default_on_cuda_only():
+    assert resolve_mode(torch.device("cpu"), None) == EAGER
+    assert resolve_mode(torch.device("cuda"), None) == CUDA_GRAPHS
+    assert resolve_mode(torch.device("cuda"), False) == EAGER
+    with pytest.raises(ValueError, match="CUDA device"):
+        resolve_mode(torch.device("cpu"), True)
+    with pytest.raises(ValueError, match="unknown step mode"):
+        StepRunner("fast")
