@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from faster_dia.models.dia1.generator import Dia1Generator
+from faster_dia.models.dia2.generator import Dia2Generator
 from faster_dia.models.graphs import (
     CUDA_GRAPHS,
     EAGER,
@@ -79,6 +80,36 @@ def test_dia1_replayed_steps_give_each_request_its_eager_solo_tokens(tts, tts_or
     for i in range(5):
         assert torch.equal(got[i], alone[i]), f"request {i} changed under replay"
     # Recorded once per shape and replayed: far fewer recordings than steps.
+    assert 1 <= generator.runner.recorded_shapes <= 6
+
+
+def _dia2_request(tts2, i):
+    kwargs = dict(
+        seed=500 + i, prefix_speaker_1=None, prefix_transcript_1=None, prefix_speaker_2=None,
+        prefix_transcript_2=None, prefix_sample_rate=None, include_prefix=False,
+        text_temperature=[0.6, 0.0, 0.9, 0.6][i], text_top_k=[50, 50, 20, 100][i],
+        audio_temperature=[0.8, 0.0, 1.0, 0.8][i], audio_top_k=[50, 50, 30, 70][i],
+        cfg_scale=[2.0, 1.0, 3.0, 2.0][i], cfg_filter_k=[50, 50, 10, 80][i], max_new_tokens=[None, 40, None, 30][i],
+    )
+    if i == 2:
+        pcm = np.random.default_rng(2).standard_normal(24000).astype(np.float32) * 0.1
+        kwargs.update(prefix_speaker_1=pcm, prefix_transcript_1="[S1] Hello there.", prefix_sample_rate=24000)
+    script = ["[S1] Hello there. [S2] Hi.", "[S2] A second voice speaks now.", "[S1] Third, short.",
+              "[S1] Four words are here. [S2] And more."][i]
+    return tts2._request(script, **kwargs)
+
+
+def test_dia2_replayed_frames_give_each_request_its_eager_solo_tokens(tts2):
+    def make(max_batch, mode):
+        return Dia2Generator(tts2.model, max_batch=max_batch, step_mode=mode)
+
+    requests = [_dia2_request(tts2, i) for i in range(4)]
+    alone = [_alone(make, r) for r in requests]
+    generator = make(2, TRACE)
+    # Guided and unguided requests, a prefix, different filters: the step shape changes as they come and go.
+    got = _run_schedule(generator, [(j * 6, j, r) for j, r in enumerate(requests)])
+    for i in range(4):
+        assert torch.equal(got[i], alone[i]), f"request {i} changed under replay"
     assert 1 <= generator.runner.recorded_shapes <= 6
 
 

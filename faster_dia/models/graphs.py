@@ -14,8 +14,8 @@ Three modes:
 * ``cuda-graphs``: capture per bucketed shape on the step's first run (one eager run first, as warm-up,
   then a capture that only records), replay after. All graphs share one memory pool; they never run
   concurrently and nothing they allocate outlives a replay.
-* ``trace``: the same record-once/replay-after discipline on any device, by tracing the step into an FX graph
-  with every host value baked in, as a capture bakes them. It exists to prove on a machine without CUDA that
+* ``trace``: the same record-once/replay-after discipline on any device: the step's operators are recorded
+  with every host value as it was, as a capture bakes them, and replayed as a list. It exists to prove on a machine without CUDA that
   a step is safe to capture: a replay that reads a stale host value, or a step that needs a device-to-host
   sync, gives different tokens or fails here as it would under capture.
 """
@@ -26,6 +26,9 @@ import logging
 from collections.abc import Callable, Hashable
 
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 log = logging.getLogger(__name__)
 
@@ -129,42 +132,87 @@ class StepRunner:
         return graph.replay
 
     def _trace(self, step: Callable[[], None]) -> Callable[[], object]:
-        from torch.fx.experimental.proxy_tensor import make_fx
-
-        def traced() -> None:
+        # Recording with real tensors runs the step (this call's real work) and writes down its operators.
+        tape = _Tape()
+        with _NoHostData(), tape:
             step()
-
-        # Tracing with real tensors runs the step (this call's real work) and records it.
-        try:
-            module = make_fx(traced, record_stack_traces=True)()
-        except RuntimeError as exc:
-            if "_local_scalar_dense" in str(exc):
-                raise NotCapturableError("the step reads a device value on the host") from exc
-            raise
-        for node in module.graph.nodes:
-            if node.op == "call_function":
-                problem = _capture_problem(node)
-                if problem:
-                    where = (node.meta.get("stack_trace") or "").strip().splitlines()[-2:]
-                    raise NotCapturableError(f"the step {problem} ({node.target}) at {' / '.join(where)}")
-        return module
+        return tape.replay
 
 
-def _capture_problem(node) -> str | None:
-    """Why a traced operator could not be recorded in a CUDA graph, or None."""
-    name = str(node.target)
+class _Tape(TorchDispatchMode):
+    """Records every operator a step dispatches, with host values as they were, and replays the list: tensors
+    that existed before the step (buffers, weights) are used in place, tensors the step made are made again.
+    Like a CUDA graph, a replay cannot see host values that changed since the recording."""
+
+    def __init__(self):
+        super().__init__()
+        self._ops: list[tuple] = []
+        self._made: dict[int, int] = {}  # id of a tensor made by the step -> its result slot
+        self._slots = 0
+        self._alive: list[torch.Tensor] = []  # keeps ids unique while recording
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = str(func)
+        problem = _capture_problem(name, args)
+        if problem:
+            raise NotCapturableError(f"the step {problem} ({name})")
+        out = func(*args, **kwargs)
+        flat, spec = tree_flatten((args, kwargs))
+        refs = []
+        for leaf in flat:
+            if isinstance(leaf, torch.Tensor):
+                slot = self._made.get(id(leaf))
+                refs.append(("made", slot) if slot is not None else ("kept", leaf))
+            else:
+                refs.append(("value", leaf))
+        outputs, _ = tree_flatten(out)
+        out_slots = []
+        for leaf in outputs:
+            if isinstance(leaf, torch.Tensor):
+                self._made[id(leaf)] = self._slots
+                self._alive.append(leaf)
+                out_slots.append(self._slots)
+                self._slots += 1
+            else:
+                out_slots.append(None)
+        self._ops.append((func, refs, spec, out_slots))
+        return out
+
+    def replay(self) -> None:
+        results: list[torch.Tensor | None] = [None] * self._slots
+        for func, refs, spec, out_slots in self._ops:
+            leaves = [results[v] if kind == "made" else v for kind, v in refs]
+            args, kwargs = tree_unflatten(leaves, spec)
+            outputs, _ = tree_flatten(func(*args, **kwargs))
+            for slot, leaf in zip(out_slots, outputs, strict=True):
+                if slot is not None:
+                    results[slot] = leaf
+
+    def __exit__(self, *exc):
+        self._alive = []
+        return super().__exit__(*exc)
+
+
+class _NoHostData(TorchFunctionMode):
+    """Fails on host data entering a step or device values leaving it (a capture cannot record either)."""
+
+    _FORBIDDEN = {torch.tensor, torch.as_tensor, torch.from_numpy, torch.Tensor.tolist, torch.Tensor.numpy,
+                  torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__int__, torch.Tensor.__float__}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self._FORBIDDEN:
+            raise NotCapturableError(f"the step calls {getattr(func, '__name__', func)}, which moves data between "
+                                     "host and device")
+        return func(*args, **(kwargs or {}))
+
+
+def _capture_problem(name: str, args: tuple) -> str | None:
+    """Why a dispatched operator could not be recorded in a CUDA graph, or None."""
     if name in SYNC_OPERATORS:
         return "waits for the device"
-    if name == "aten.lift_fresh_copy.default":
-        # A Python scalar assigned into a tensor arrives as a 0-dim host tensor and is passed to the kernel as an
-        # argument; anything larger is a host-to-device copy.
-        value = node.meta.get("val")
-        if value is None or value.dim() > 0:
-            return "copies host data to the device"
-    if name.startswith(("aten.index.", "aten.index_put")):
-        indices = node.args[1] if len(node.args) > 1 else ()
-        for index in indices or ():
-            value = getattr(index, "meta", {}).get("val")
-            if value is not None and value.dtype == torch.bool:
+    if name.startswith(("aten.index.", "aten.index_put", "aten._index_put_impl")) and len(args) > 1:
+        for index in args[1] or ():
+            if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
                 return "indexes with a boolean mask (a data-dependent shape)"
     return None

@@ -17,9 +17,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ...errors import InvalidInputError
+from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
 from ..random import seed_key
 from .model import Dia2Model
 from .sampling import STREAMS, choose
@@ -49,21 +51,29 @@ class Dia2Request:
     include_prefix: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class Dia2SlotState:
     request: Dia2Request
     slot: int
     machine: TextStateMachine
     prefix_frames: int
     crop: int  # first aligned frame of the result
-    position: int  # the decoder position fed by the next step
     limit: int  # last grid column this request may write
     text: tuple[int, int] = (1, 3)  # (main, second) text tokens fed at ``position``
     finished: bool = False
     last_column: int | None = None
     hit_limit: bool = False
     extra: dict = field(default_factory=dict)
+    _positions: np.ndarray | None = None  # the generator's host copy of every slot's position
+    _released_at: int | None = None
     _max_delay: int = 18
+
+    @property
+    def position(self) -> int:
+        """The decoder position fed by the next step."""
+        if self._released_at is not None:
+            return self._released_at
+        return int(self._positions[self.slot])
 
     @property
     def final_frames(self) -> int:
@@ -81,8 +91,28 @@ class Dia2SlotState:
         ]
 
 
+@dataclass(frozen=True)
+class Dia2StepShape:
+    """Everything the host decides about one step; the device step depends on nothing else."""
+
+    batch: int  # slots 0 … batch-1 are stepped
+    guided: bool  # some request uses guidance: every slot runs a conditional and an unconditional row
+    all_guided: bool  # every request does: candidates come from the guidance filter alone
+    kv_length: int
+    filter_k: int  # the largest cfg_filter_k
+    text_top_k: int
+    audio_top_k: int
+    text_sampling: bool
+    audio_sampling: bool
+
+
 class Dia2Generator:
-    def __init__(self, model: Dia2Model, *, max_batch: int, max_prefix_frames: int = 750):
+    """``step_mode`` is ``eager``, ``cuda-graphs`` or ``trace`` (see models/graphs.py); by default CUDA graphs on
+    CUDA and eager elsewhere. The whole frame (transformer step, 31 depformer stages, 32 samplings) is one
+    recorded step."""
+
+    def __init__(self, model: Dia2Model, *, max_batch: int, max_prefix_frames: int = 750,
+                 step_mode: str | None = None):
         self.model = model
         self.config = c = model.config
         self.max_batch = max_batch
@@ -100,8 +130,23 @@ class Dia2Generator:
         self.text_top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
         self.audio_temperature = torch.ones(max_batch, device=dev)
         self.audio_top_k = torch.ones(max_batch, dtype=torch.long, device=dev)
+        self.cfg_filter_k = torch.ones(max_batch, dtype=torch.long, device=dev)
+        self.text_tokens = torch.zeros(max_batch, 2, dtype=torch.long, device=dev)  # (main, second) per slot
+        self.action = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self._blank_text = torch.tensor([c.text_zero_token_id, c.text_pad_token_id], device=dev)
         self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
         self._slot_index = torch.arange(max_batch, device=dev)
+        # Host copies of what the host decides from, indexed by slot (see the Dia-1.6B generator).
+        self._host_active = np.zeros(max_batch, dtype=bool)
+        self._host_position = np.zeros(max_batch, dtype=np.int64)
+        self._host_text = np.zeros((max_batch, 2), dtype=np.int64)
+        self._host_guided = np.zeros(max_batch, dtype=bool)
+        self._host_filter_k = np.zeros(max_batch, dtype=np.int64)
+        self._host_text_top_k = np.zeros(max_batch, dtype=np.int64)
+        self._host_audio_top_k = np.zeros(max_batch, dtype=np.int64)
+        self._host_text_sampling = np.zeros(max_batch, dtype=bool)
+        self._host_audio_sampling = np.zeros(max_batch, dtype=bool)
+        self.runner = StepRunner(step_mode or resolve_mode(dev, None))
         self._free = list(range(max_batch))
         self._states: dict[int, Dia2SlotState] = {}
 
@@ -199,14 +244,24 @@ class Dia2Generator:
         self.active[slot] = True
         self.key[slot] = seed_key(request.seed)
         self.cfg_scale[slot] = request.cfg_scale
+        self.cfg_filter_k[slot] = request.cfg_filter_k
         self.text_temperature[slot] = request.text_temperature
         self.text_top_k[slot] = request.text_top_k
         self.audio_temperature[slot] = request.audio_temperature
         self.audio_top_k[slot] = request.audio_top_k
+        self._host_active[slot] = True
+        self._host_position[slot] = start
+        self._host_text[slot] = text[start]
+        self._host_guided[slot] = request.cfg_scale != 1.0
+        self._host_filter_k[slot] = request.cfg_filter_k
+        self._host_text_top_k[slot] = request.text_top_k
+        self._host_audio_top_k[slot] = request.audio_top_k
+        self._host_text_sampling[slot] = request.text_temperature > 0
+        self._host_audio_sampling[slot] = request.audio_temperature > 0
         return Dia2SlotState(
             request=request, slot=slot, machine=machine, prefix_frames=P,
-            crop=0 if (request.include_prefix or not P) else P, position=start, limit=limit,
-            text=text[start], _max_delay=c.max_delay,
+            crop=0 if (request.include_prefix or not P) else P, limit=limit,
+            text=text[start], _positions=self._host_position, _max_delay=c.max_delay,
         )
 
     # ------------------------------------------------------------------ stepping
@@ -217,63 +272,125 @@ class Dia2Generator:
         return self._dep_caches[rows]
 
     @torch.inference_mode()
-    def step(self, states: list[Dia2SlotState]) -> list[Dia2SlotState]:
-        if not states:
+    def step(self, states: list[Dia2SlotState] | None = None) -> list[Dia2SlotState]:
+        """Advance every running request by one frame in one batched call; returns the requests that finished
+        with it. ``states`` is accepted for callers that track them and is not needed.
+
+        The host part is the text state machine of each running request (the reference's design: the next
+        step's text tokens depend on this step's action through the script's words)."""
+        running = np.flatnonzero(self._host_active)
+        if running.size == 0:
             return []
-        c, dev = self.config, self.device
-        hi = max(s.slot for s in states) + 1
-        span = slice(0, hi)
-        slots = self._slot_index[:hi]
-        guided = any(s.request.cfg_scale != 1.0 for s in states)
-        per_slot = 2 if guided else 1
-        rows = slice(0, 2 * hi) if guided else slice(0, 2 * hi, 2)
+        c = self.config
+        shape = self._shape(running)
+        self.text_tokens[: shape.batch].copy_(torch.from_numpy(self._host_text[: shape.batch]))
+        self.runner.run(shape, lambda: self._device_step(shape))
+        actions = self.action[: shape.batch].tolist()  # the step's one device-to-host copy
+        self._host_position[running] += 1
+        finished = []
+        for slot in running.tolist():
+            s = self._states[slot]
+            position = s.position
+            s.text = s.machine.process(position - 1, actions[slot])
+            self._host_text[slot] = s.text
+            end = s.machine.end_step
+            if end is not None and position >= end + c.max_delay + FLUSH_EXTRA:
+                s.finished, s.last_column = True, position
+            elif position >= s.limit:
+                s.finished, s.last_column, s.hit_limit = True, position, True
+                if s.request.max_new_frames is None:
+                    log.warning("request reached the %d-step context limit before its script ended", c.max_context_steps)
+            if s.finished:
+                self._host_active[slot] = False
+                self.active[slot] = False
+                finished.append(s)
+        return finished
+
+    def _shape(self, running: np.ndarray) -> Dia2StepShape:
+        """The step shape for the running slots: exact, or rounded up to buckets when steps are replayed."""
+        c = self.config
+        guided = self._host_guided[running]
+        shape = Dia2StepShape(
+            batch=int(running[-1]) + 1,
+            guided=bool(guided.any()),
+            all_guided=bool(guided.all()),
+            kv_length=int(self._host_position[running].max()) + 1,
+            filter_k=int(self._host_filter_k[running].max()),
+            text_top_k=int(self._host_text_top_k[running].max()),
+            audio_top_k=int(self._host_audio_top_k[running].max()),
+            text_sampling=bool(self._host_text_sampling[running].any()),
+            audio_sampling=bool(self._host_audio_sampling[running].any()),
+        )
+        if not self.runner.bucketed:
+            return shape
+        vocab = max(c.audio_vocab_size, c.action_vocab_size)
+        return Dia2StepShape(
+            batch=batch_bucket(shape.batch, self.max_batch),
+            guided=shape.guided,
+            all_guided=shape.all_guided,
+            kv_length=round_up(shape.kv_length, 256, self.max_positions),
+            filter_k=power_of_two_at_least(shape.filter_k, 64, vocab),
+            text_top_k=power_of_two_at_least(shape.text_top_k, 64, vocab),
+            audio_top_k=power_of_two_at_least(shape.audio_top_k, 64, vocab),
+            text_sampling=True,
+            audio_sampling=True,
+        )
+
+    def _device_step(self, shape: Dia2StepShape) -> None:
+        """One frame for slots 0 … shape.batch-1, reading and writing only the generator's buffers (capturable:
+        no host values but ``shape``, no device-to-host reads). Inactive slots in the range are computed and
+        discarded."""
+        c = self.config
+        B = shape.batch
+        span = slice(0, B)
+        slots = self._slot_index[:B]
+        per_slot = 2 if shape.guided else 1
+        rows = slice(0, 2 * B) if shape.guided else slice(0, 2 * B, 2)
         position = self.position[span]
         active = self.active[span]
 
-        main = [c.text_pad_token_id] * hi
-        second = [c.text_pad_token_id] * hi
-        for s in states:
-            main[s.slot], second[s.slot] = s.text
-        text_main = torch.tensor(main, device=dev)
-        text_second = torch.tensor(second, device=dev)
-        if guided:  # the unconditional branch reads (zero, pad) as its text, every step
-            text_main = torch.stack([text_main, torch.full_like(text_main, c.text_zero_token_id)], 1).view(-1)
-            text_second = torch.stack([text_second, torch.full_like(text_second, c.text_pad_token_id)], 1).view(-1)
-        audio = self.grid[slots, position].clamp_min(0).repeat_interleave(per_slot, dim=0)
-        row_positions = position.repeat_interleave(per_slot)
+        text = self.text_tokens[:B]
+        if shape.guided:  # the unconditional row reads (zero, pad) as its text, every step
+            text = torch.stack([text, self._blank_text.expand(B, 2)], dim=1).view(2 * B, 2)
+        audio = self.grid[slots, position].clamp_min(0)
+        audio = audio[:, None].expand(B, per_slot, c.num_codebooks).reshape(B * per_slot, c.num_codebooks)
+        row_positions = position[:, None].expand(B, per_slot).reshape(B * per_slot)
         hidden, action_logits, cb0_logits = self.model.decode(
-            text_main[:, None], text_second[:, None], audio[:, None], row_positions[:, None], self.cache, rows,
-            kv_length=max(s.position for s in states) + 1,
+            text[:, :1], text[:, 1:], audio[:, None], row_positions[:, None], self.cache, rows,
+            kv_length=shape.kv_length,
         )
         hidden = hidden[:, 0]
 
         def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-            if not guided:
+            if not shape.guided:
                 return logits, None
-            pair = logits.view(hi, 2, -1)
+            pair = logits.view(B, 2, -1)
             return pair[:, 0], pair[:, 1]
 
         nxt = position + 1
-        sampling_text = any(s.request.text_temperature > 0 for s in states)
-        sampling_audio = any(s.request.audio_temperature > 0 for s in states)
-        filter_k = max(s.request.cfg_filter_k for s in states)
-        common = dict(cfg_scale=self.cfg_scale[span], cfg_filter_k=filter_k, keys=self.key[span])
-        action = choose(
+        common = dict(
+            cfg_scale=self.cfg_scale[span], cfg_filter_k=self.cfg_filter_k[span], max_filter_k=shape.filter_k,
+            all_guided=shape.all_guided, keys=self.key[span],
+        )
+        self.action[span] = choose(
             *split(action_logits[:, 0]), temperature=self.text_temperature[span], top_k=self.text_top_k[span],
-            max_top_k=max(s.request.text_top_k for s in states), draw=nxt * STREAMS, sampling=sampling_text, **common,
+            max_top_k=shape.text_top_k, draw=nxt * STREAMS, sampling=shape.text_sampling, **common,
         )
         audio_kwargs = dict(
             temperature=self.audio_temperature[span], top_k=self.audio_top_k[span],
-            max_top_k=max(s.request.audio_top_k for s in states), sampling=sampling_audio, **common,
+            max_top_k=shape.audio_top_k, sampling=shape.audio_sampling, **common,
         )
         token = choose(
             *split(cb0_logits[:, 0]), draw=nxt * STREAMS + 1,
             banned=(c.audio_bos_token_id, c.audio_pad_token_id), **audio_kwargs,
         )
         codes = [token]
-        dep_cache = self._dep_cache(hi * per_slot)
+        dep_cache = self._dep_cache(B * per_slot)
         for stage in range(c.num_codebooks - 1):
-            logits = self.model.depformer_step(hidden, token.repeat_interleave(per_slot), stage, dep_cache)
+            logits = self.model.depformer_step(
+                hidden, token[:, None].expand(B, per_slot).reshape(-1), stage, dep_cache,
+                text_main=text[:, 0], text_second=text[:, 1],
+            )
             token = choose(*split(logits), draw=nxt * STREAMS + 2 + stage, **audio_kwargs)
             codes.append(token)
         frame = torch.stack(codes, dim=-1)
@@ -283,20 +400,6 @@ class Dia2Generator:
         frame = torch.where(known != UNKNOWN, known, frame)
         self.grid[slots, write_at] = torch.where(active[:, None], frame, known)
         self.position[span] = torch.where(active, nxt, position)
-
-        actions = action.tolist()  # the one device-to-host transfer of the step
-        for s in states:
-            t = s.position
-            s.position += 1
-            s.text = s.machine.process(t, actions[s.slot])
-            end = s.machine.end_step
-            if end is not None and s.position >= end + c.max_delay + FLUSH_EXTRA:
-                s.finished, s.last_column = True, s.position
-            elif s.position >= s.limit:
-                s.finished, s.last_column, s.hit_limit = True, s.position, True
-                if s.request.max_new_frames is None:
-                    log.warning("request reached the %d-step context limit before its script ended", c.max_context_steps)
-        return states
 
     # ------------------------------------------------------------------ results
 
@@ -315,6 +418,8 @@ class Dia2Generator:
     def release(self, state: Dia2SlotState) -> None:
         if self._states.pop(state.slot, None) is None:
             return
+        state._released_at = state.position
+        self._host_active[state.slot] = False
         self.active[state.slot] = False
         self._free.append(state.slot)
         self._free.sort()

@@ -22,7 +22,9 @@ def choose(
     uncond: torch.Tensor | None,
     *,
     cfg_scale: torch.Tensor,
-    cfg_filter_k: int,
+    cfg_filter_k: torch.Tensor,
+    max_filter_k: int,
+    all_guided: bool,
     temperature: torch.Tensor,
     top_k: torch.Tensor,
     max_top_k: int,
@@ -33,23 +35,30 @@ def choose(
 ) -> torch.Tensor:
     """One token per row from logits [B, V] -> [B] int64.
 
-    ``uncond`` may be None when no row uses guidance. ``draw`` [B] identifies the random draw (see STREAMS).
-    ``banned`` ids are removed after guidance (the reference masks BOS/PAD on codebook 0 there)."""
+    ``uncond`` may be None when no row uses guidance. Per-row tensors ([B]) carry each request's parameters;
+    the host ints bound them (``max_filter_k`` >= every row's ``cfg_filter_k``, ``max_top_k`` >= every
+    ``top_k``) and ``all_guided`` says whether every row has a scale other than 1, so the step has fixed
+    shapes and never reads a device value. ``draw`` [B] identifies the random draw (see STREAMS). ``banned``
+    ids are removed after guidance (the reference masks BOS/PAD on codebook 0 there)."""
     B, V = cond.shape
-    guided_rows = (cfg_scale != 1.0) if uncond is not None else torch.zeros(B, dtype=torch.bool, device=cond.device)
     if uncond is not None:
+        guided_rows = cfg_scale != 1.0
         guided = uncond + cfg_scale.view(-1, 1) * (cond - uncond)
         ranking = torch.where(guided_rows.view(-1, 1), guided, cond)
     else:
         ranking = cond
-    # Candidates: the guidance filter's k for guided rows, the whole vocabulary otherwise.
-    any_unguided = uncond is None or not bool(guided_rows.all())
-    k = V if any_unguided else min(cfg_filter_k, V)
-    ids = ranking.topk(k, dim=-1).indices if k < V else torch.arange(V, device=cond.device).expand(B, V)
+    # Candidates: each guided row's cfg_filter_k best by the guided logits, the whole vocabulary for the others.
+    # With guidance the candidates are ranked by ``ranking`` (so that rank < cfg_filter_k selects a guided row's
+    # filter); unguided rows rank by their own logits, which changes nothing for them.
+    if uncond is None:
+        ids = torch.arange(V, device=cond.device).expand(B, V)
+    else:
+        k = min(max_filter_k, V) if all_guided else V
+        ids = ranking.topk(k, dim=-1).indices
     values = cond.gather(-1, ids)
-    if k > cfg_filter_k and uncond is not None:
-        rank = torch.arange(k, device=cond.device)
-        values = values.masked_fill(guided_rows.view(-1, 1) & (rank >= cfg_filter_k), NEG_INF)
+    if uncond is not None:
+        rank = torch.arange(ids.shape[-1], device=cond.device)
+        values = values.masked_fill(guided_rows.view(-1, 1) & (rank >= cfg_filter_k.view(-1, 1)), NEG_INF)
     for token in banned:
         values = values.masked_fill(ids == token, NEG_INF)
 
