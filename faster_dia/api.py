@@ -26,6 +26,7 @@ from .models.dia1.config import VARIANT_ORIGINAL
 from .models.dia1.generator import Dia1Generator, Dia1Request
 from .models.dia1.model import Dia1Model
 from .models.dia2.checkpoint import is_dia2_config
+from .models.graphs import resolve_mode
 from .script import encode_script, join_prompt_transcript, normalize_script
 
 log = logging.getLogger(__name__)
@@ -108,13 +109,21 @@ def load(
     codec_revision: str | None = None,
     max_batch: int | None = None,
     max_queue: int = 64,
+    cuda_graphs: bool | None = None,
 ) -> TextToSpeech | Dia2TextToSpeech:
     """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate. Dia-1.6B
     checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2 checkpoints Mimi (``kyutai/mimi``).
 
     ``max_batch`` is how many requests are decoded together (caches for that many are allocated once;
-    default 16 on CUDA, 4 elsewhere); ``max_queue`` bounds the requests waiting for a slot."""
+    default 16 on CUDA, 4 elsewhere); ``max_queue`` bounds the requests waiting for a slot. ``cuda_graphs``
+    replays each decode step shape as a CUDA graph (default: on for CUDA devices; CUDA only)."""
     dev = pick_device(device)
+    if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+        raise InvalidInputError(f"cuda_graphs must be True, False or None, got {cuda_graphs!r}.", param="cuda_graphs")
+    if cuda_graphs and dev.type != "cuda":
+        raise InvalidInputError(f"CUDA graphs need a CUDA device; the model would run on {dev.type}.",
+                                param="cuda_graphs")
+    step_mode = resolve_mode(dev, cuda_graphs)
     dt = pick_dtype(dtype, dev)
     if max_batch is None:
         max_batch = 16 if dev.type == "cuda" else 4
@@ -128,7 +137,8 @@ def load(
         raise CheckpointError(f"{config_path} is not valid JSON: {exc}") from exc
     if is_dia2_config(raw_config):
         return _load_dia2(model, revision=revision, device=dev, dtype=dt, codec=codec,
-                          codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue)
+                          codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
+                          step_mode=step_mode)
     checkpoint = load_checkpoint(model, revision=revision)
     network = Dia1Model.from_hf_state_dict(checkpoint.config, checkpoint.state_dict, dtype=dt, device=dev)
     del checkpoint.state_dict
@@ -141,10 +151,11 @@ def load(
         dev, str(dt).removeprefix("torch."),
     )
     return TextToSpeech(network, dac, model_id=checkpoint.source, variant=checkpoint.variant,
-                        max_batch=max_batch, max_queue=max_queue)
+                        max_batch=max_batch, max_queue=max_queue, step_mode=step_mode)
 
 
-def _load_dia2(model, *, revision, device, dtype, codec, codec_revision, max_batch, max_queue) -> Dia2TextToSpeech:
+def _load_dia2(model, *, revision, device, dtype, codec, codec_revision, max_batch, max_queue,
+               step_mode) -> Dia2TextToSpeech:
     from .codecs.mimi import MimiCodec
     from .models.dia2.checkpoint import load_checkpoint as load_dia2_checkpoint
     from .models.dia2.model import Dia2Model
@@ -159,7 +170,7 @@ def _load_dia2(model, *, revision, device, dtype, codec, codec_revision, max_bat
     variant = f"dia2 ({c.decoder_layers}-layer transformer, {c.decoder_hidden_size} wide)"
     log.info("loaded %s (%s) on %s in %s", checkpoint.source, variant, device, str(dtype).removeprefix("torch."))
     return Dia2TextToSpeech(network, mimi, tokenizer, model_id=checkpoint.source, variant=variant,
-                            max_batch=max_batch, max_queue=max_queue)
+                            max_batch=max_batch, max_queue=max_queue, step_mode=step_mode)
 
 
 class SpeechModel:
@@ -267,8 +278,8 @@ class TextToSpeech(SpeechModel):
     family = "dia1"
 
     def __init__(self, model: Dia1Model, codec: DacCodec, *, model_id: str, variant: str, max_batch: int = 4,
-                 max_queue: int = 64):
-        super().__init__(model, codec, Dia1Generator(model, max_batch=max_batch), model_id=model_id,
+                 max_queue: int = 64, step_mode: str | None = None):
+        super().__init__(model, codec, Dia1Generator(model, max_batch=max_batch, step_mode=step_mode), model_id=model_id,
                          variant=variant, max_queue=max_queue)
 
     # ------------------------------------------------------------------ requests
@@ -478,10 +489,11 @@ class Dia2TextToSpeech(SpeechModel):
     family = "dia2"
 
     def __init__(self, model, codec, tokenizer, *, model_id: str, variant: str = "dia2", max_batch: int = 4,
-                 max_queue: int = 64):
+                 max_queue: int = 64, step_mode: str | None = None):
         from .models.dia2.generator import Dia2Generator
 
-        super().__init__(model, codec, Dia2Generator(model, max_batch=max_batch), model_id=model_id,
+        super().__init__(model, codec, Dia2Generator(model, max_batch=max_batch, step_mode=step_mode),
+                         model_id=model_id,
                          variant=variant, max_queue=max_queue)
         self.tokenizer = tokenizer
 

@@ -19,6 +19,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="compute dtype (default bfloat16 on CUDA, float32 elsewhere)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="requests decoded together (default 16 on CUDA, 4 elsewhere)")
+    p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
+                   help="run decode steps eagerly on CUDA instead of replaying them as CUDA graphs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,7 +109,7 @@ def _speak(args: argparse.Namespace) -> int:
     if args.prompt_text and args.prompt is None:
         raise InvalidInputError("--prompt-text was given without --prompt.")
     tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
-               revision=args.revision, max_batch=args.max_batch)
+               revision=args.revision, max_batch=args.max_batch, cuda_graphs=args.cuda_graphs)
     bar = None if args.no_progress else tqdm(desc="generating", unit="s audio", bar_format=(
         "{desc}: {n:.1f}s of audio [{elapsed}, {postfix}]"), postfix="starting")
 
@@ -173,7 +175,7 @@ def _serve(args: argparse.Namespace) -> int:
     keys += [k.strip() for k in os.environ.get("FASTER_DIA_API_KEYS", "").split(",") if k.strip()]
     logging.getLogger("faster_dia").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
-               revision=args.revision, max_batch=args.max_batch)
+               revision=args.revision, max_batch=args.max_batch, cuda_graphs=args.cuda_graphs)
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("faster_dia.server").warning(
             "listening on %s without API keys: anyone who can reach it can use it", args.host)

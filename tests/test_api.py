@@ -177,6 +177,8 @@ def test_load_errors(tiny_dirs, tmp_path):
         faster_dia.load("nari-labs/Dia-1.6B-0626", codec=tiny_dirs["dac"], device="cpu")
     with pytest.raises(InvalidInputError, match="dtype"):
         faster_dia.load(tiny_dirs["dia-1.6b-0626"], codec=tiny_dirs["dac"], device="cpu", dtype="int8")
+    with pytest.raises(InvalidInputError, match="CUDA graphs need a CUDA device"):
+        faster_dia.load(tiny_dirs["dia-1.6b-0626"], codec=tiny_dirs["dac"], device="cpu", cuda_graphs=True)
 
 
 def test_hub_id_through_a_seeded_cache(tiny_dirs, tmp_path, monkeypatch):

@@ -124,7 +124,8 @@ class StepRunner:
             step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: other threads (codecs, the server) may use the GPU while a step is being captured.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             step()
         if self._pool is None:
             self._pool = graph.pool()
