@@ -90,6 +90,7 @@ DEFAULT_WARMUP = {"tiny": 8, "mid": 2, "full": 8}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 IMPL_OURS = "faster-dia"
+IMPL_EAGER = "faster-dia, no CUDA graphs"  # on CUDA only: the same generator stepping eagerly
 IMPL_HF = "transformers"
 IMPL_FLOOR = "floor: matvecs"
 IMPL_BW_FLOOR = "floor: bytes/bandwidth"
@@ -380,6 +381,10 @@ def bench_config(
                 IMPL_OURS: partial(time_faster_dia, generator, requests, warmup=warmup, device=device),
                 IMPL_HF: partial(time_transformers, hf, inputs, warmup=warmup, device=device),
             }
+            if device.type == "cuda":
+                eager = Dia1Generator(ours, max_batch=batch, step_mode="eager")
+                runs[IMPL_EAGER] = partial(time_faster_dia, eager, requests, warmup=warmup, device=device)
+                held[IMPL_EAGER] = held[IMPL_OURS]
             if floor is not None:
                 runs[IMPL_FLOOR] = partial(floor.run, device=device)
 
@@ -430,6 +435,7 @@ def bench_config(
                     row.weight_bytes, row.kv_bytes = weights, kv
                     row.bandwidth_gb_s = (weights + kv) / seconds / 1e9
                 rows.append(row)
+            eager = None
             del generator, floor, runs
             free_memory(device)
 
@@ -527,7 +533,7 @@ def print_table(rows: list[Row], device: torch.device, read_bandwidth: float | N
         else:
             print(f"  {what}: weights {r.weight_bytes / 1e9:.3f} GB + KV {r.kv_bytes / 1e9:.3f} GB per step at "
                   f"{r.bandwidth_gb_s:.0f} GB/s (copy) -> floor {r.ms_per_step:.2f} ms")
-        for impl in (IMPL_OURS, IMPL_HF):
+        for impl in (IMPL_OURS, IMPL_EAGER, IMPL_HF):
             match = [x for x in rows if (x.config, x.dtype, x.batch, x.impl) == (r.config, r.dtype, r.batch, impl)]
             if match and match[0].bandwidth_gb_s:
                 print(f"    {impl}: weights + KV at {match[0].bandwidth_gb_s:.1f} GB/s effective")

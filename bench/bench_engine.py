@@ -78,13 +78,14 @@ REAL_WIDTHS: dict[str, Any] = {
 CONFIGS: dict[str, dict[str, Any]] = {
     "tiny": {},
     "mid": {**REAL_WIDTHS, "encoder_layers": 2, "decoder_layers": 4},
+    "full": {**REAL_WIDTHS, "encoder_layers": 12, "decoder_layers": 18},
 }
 
 #: Audio frames per request, requests run one at a time, and timed repeats: a tiny step costs milliseconds,
 #: a mid step on a CPU a good part of a second.
-DEFAULT_FRAMES = {"tiny": 200, "mid": 64}
-DEFAULT_SEQUENTIAL = {"tiny": 16, "mid": 2}
-DEFAULT_REPEATS = {"tiny": 3, "mid": 1}
+DEFAULT_FRAMES = {"tiny": 200, "mid": 64, "full": 400}
+DEFAULT_SEQUENTIAL = {"tiny": 16, "mid": 2, "full": 4}
+DEFAULT_REPEATS = {"tiny": 3, "mid": 1, "full": 2}
 
 #: Distinct two-speaker lines of 60 to 120 bytes; request i speaks line i (cycled, numbered past the end).
 SCRIPTS = [
@@ -141,6 +142,10 @@ class ThroughputRow:
     transformers_fps: float | None = None
     transformers_x_realtime: float | None = None
     engine_over_transformers: float | None = None
+    # On a GPU: the frames/s a batch of N could reach if each step only read the weights and the KV cache once
+    # at the measured memory bandwidth (the mean position of a request), and the engine's share of it.
+    floor_fps: float | None = None
+    engine_over_floor: float | None = None
 
 
 @dataclass
@@ -463,13 +468,14 @@ def print_tables(throughput: list[ThroughputRow], server: list[ServerRow], profi
         print("\nAggregate throughput: frames/s (x real time), all requests together")
         print(render_table(
             ["config", "N", "frames/req", "engine batched", "one at a time", "batched/one", "transformers",
-             "engine/hf"],
+             "engine/hf", "floor frames/s", "engine/floor"],
             [[r.config, str(r.concurrency), _frames_cell(r),
               f"{_fmt(r.engine_fps, '.1f')} ({_fmt(r.engine_x_realtime, '.2f')}x)",
               f"{_fmt(r.sequential_fps, '.1f')} ({_fmt(r.sequential_x_realtime, '.2f')}x)",
               _fmt(r.batched_over_sequential, ".2f"),
               f"{_fmt(r.transformers_fps, '.1f')} ({_fmt(r.transformers_x_realtime, '.2f')}x)",
-              _fmt(r.engine_over_transformers, ".2f")] for r in throughput],
+              _fmt(r.engine_over_transformers, ".2f"), _fmt(r.floor_fps, ".0f"), _fmt(r.engine_over_floor, ".2f")]
+             for r in throughput],
         ))
     if server:
         print("\nHTTP server, streaming pcm: time to first audio (s) and per-request x real time")
@@ -568,6 +574,12 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{args.config}: {frames} frames/request (max_new_tokens {max_new_tokens}) on {device}, "
             f"{str(tts.dtype).removeprefix('torch.')}, {info['threads']} threads")
 
+        bandwidth = None
+        if device.type == "cuda":
+            from bench_dia1 import measure_bandwidth
+
+            bandwidth = measure_bandwidth(device)
+            log(f"device memory bandwidth (copy): {bandwidth / 1e9:.0f} GB/s")
         engines: dict[int, Engine] = {1: tts.engine}
         for n in concurrency:
             engines.setdefault(n, Engine(Dia1Generator(tts.model, max_batch=n), max_queue=max(64, n)))
@@ -625,6 +637,13 @@ def main(argv: list[str] | None = None) -> int:
             row.transformers_x_realtime = ratio(row.transformers_fps, FRAMES_PER_SECOND)
             row.batched_over_sequential = ratio(row.engine_fps, row.sequential_fps)
             row.engine_over_transformers = ratio(row.engine_fps, row.transformers_fps)
+            if bandwidth:
+                from bench_dia1 import kv_bytes_per_step, weight_bytes_per_step
+
+                step_bytes = weight_bytes_per_step(c, tts.dtype) + kv_bytes_per_step(
+                    c, tts.dtype, 2 * row.concurrency, max_new_tokens // 2, len(script_for(0)))
+                row.floor_fps = row.concurrency / (step_bytes / bandwidth)
+                row.engine_over_floor = ratio(row.engine_fps, row.floor_fps)
             short = [f for f in row.engine_frames + row.transformers_frames if f != frames]
             if short:
                 log(f"N={row.concurrency}: some requests produced other than {frames} frames: {short}")

@@ -3,7 +3,9 @@
 The loop is three moves, as in vLLM's engine core: admit waiting requests into free batch slots, run one
 batched decoder step for all running requests, then report (hand final frames to streaming consumers,
 retire finished or cancelled requests and free their slots). Requests join between any two steps without
-waiting for the running ones, and leave as soon as they end.
+waiting for the running ones, and leave as soon as they end. The host work per step grows with what
+happened in it (requests that finished, were cancelled or have a streaming chunk ready), not with the number
+of requests running.
 
 A request's tokens do not depend on its neighbours: sampling parameters, text, prompt and position are per
 slot, and random draws are keyed by the request's seed and position (see models/dia1/sampling.py).
@@ -11,6 +13,8 @@ slot, and random draws are keyed by the request's seed and position (see models/
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import queue
 import threading
@@ -36,6 +40,8 @@ class Submission:
     state: SlotState | None = None
     sent_frames: int = 0
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False  # set by the engine thread before the final event
+    _engine: Engine | None = None
 
     @property
     def frames(self) -> int:
@@ -45,7 +51,10 @@ class Submission:
 
     def cancel(self) -> None:
         """Stop generating; the slot is freed at the next step."""
-        self.cancelled.set()
+        if not self.cancelled.is_set() and not self.ended:
+            self.cancelled.set()
+            if self._engine is not None:
+                self._engine._cancellations.append(self)
 
 
 class Engine:
@@ -53,7 +62,11 @@ class Engine:
         self.generator = generator
         self.max_queue = max_queue
         self._waiting: deque[Submission] = deque()
-        self._running: list[Submission] = []
+        self._running: dict[int, Submission] = {}  # by batch slot
+        # Streaming requests by the step after which their next chunk can first be ready.
+        self._chunks_due: list[tuple[int, int, Submission]] = []
+        self._order = itertools.count()
+        self._cancellations: deque[Submission] = deque()  # appended from any thread
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self.steps = 0  # decoder steps run so far (for tests and metrics)
@@ -72,7 +85,7 @@ class Engine:
         one call are admitted together when slots allow, so a list generates as one batch."""
         for request in requests:
             self.generator.validate(request)
-        submissions = [Submission(r, chunk_frames) for r in requests]
+        submissions = [Submission(r, chunk_frames, _engine=self) for r in requests]
         with self._wake:
             if self._waiting and len(self._waiting) + len(submissions) > self.max_queue:
                 raise OverloadedError(
@@ -95,20 +108,22 @@ class Engine:
                     while not self._waiting and not self._running:
                         self._wake.wait()
                     admitted = self._admit()
-                self._running.extend(admitted)
+                for sub in admitted:
+                    self._running[sub.state.slot] = sub
+                    if sub.chunk_frames is not None:
+                        self._schedule_chunk(sub)
                 self._drop_cancelled()
                 if not self._running:
                     continue
                 try:
-                    self.generator.step([s.state for s in self._running])
+                    finished = self.generator.step()
                     self.steps += 1
                 except Exception as exc:  # a fault in the batched step ends every request in it
                     log.exception("decoder step failed")
-                    for sub in self._running:
+                    for sub in list(self._running.values()):
                         self._finish(sub, ("error", exc))
-                    self._running = []
                     continue
-                self._report()
+                self._report(finished)
 
     def _admit(self) -> list[Submission]:
         admitted = []
@@ -127,30 +142,40 @@ class Engine:
         return admitted
 
     def _drop_cancelled(self) -> None:
-        keep = []
-        for sub in self._running:
-            if sub.cancelled.is_set():
+        while self._cancellations:
+            sub = self._cancellations.popleft()
+            if sub.state is not None and self._running.get(sub.state.slot) is sub:
                 self._finish(sub, ("error", CancelledError("The request was cancelled.")))
-            else:
-                keep.append(sub)
-        self._running = keep
 
-    def _report(self) -> None:
-        keep = []
-        for sub in self._running:
-            state = sub.state
+    def _schedule_chunk(self, sub: Submission) -> None:
+        """Note the first step after which ``sub`` can have a chunk's worth of new final frames: a step makes at
+        most one frame of a request final, so nothing needs checking before then."""
+        steps = max(1, sub.sent_frames + sub.chunk_frames - sub.state.final_frames)
+        heapq.heappush(self._chunks_due, (self.steps + steps, next(self._order), sub))
+
+    def _report(self, finished: list[SlotState]) -> None:
+        while self._chunks_due and self._chunks_due[0][0] <= self.steps:
+            sub = heapq.heappop(self._chunks_due)[2]
+            if sub.ended:
+                continue
+            final = sub.state.final_frames
+            if final - sub.sent_frames >= sub.chunk_frames:
+                sub.events.put(("frames", self.generator.frames(sub.state, sub.sent_frames, final).cpu()))
+                sub.sent_frames = final
+            self._schedule_chunk(sub)
+        for state in finished:
+            sub = self._running[state.slot]
             if sub.chunk_frames is not None:
                 final = state.final_frames
-                if final - sub.sent_frames >= sub.chunk_frames or (state.finished and final > sub.sent_frames):
+                if final > sub.sent_frames:
                     sub.events.put(("frames", self.generator.frames(state, sub.sent_frames, final).cpu()))
                     sub.sent_frames = final
-            if state.finished:
-                codes = None if sub.chunk_frames is not None else self.generator.frames(state, 0, state.final_frames)
-                self._finish(sub, ("done", None if codes is None else codes.cpu()))
+                self._finish(sub, ("done", None))
             else:
-                keep.append(sub)
-        self._running = keep
+                self._finish(sub, ("done", self.generator.frames(state, 0, state.final_frames).cpu()))
 
     def _finish(self, sub: Submission, event: tuple) -> None:
+        self._running.pop(sub.state.slot, None)
         self.generator.release(sub.state)
+        sub.ended = True
         sub.events.put(event)
