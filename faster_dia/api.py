@@ -99,6 +99,28 @@ def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.d
     return _DTYPES[dtype]
 
 
+#: Requests decoded together by default off CUDA, and at most by default on CUDA.
+DEFAULT_MAX_BATCH_CPU = 4
+DEFAULT_MAX_BATCH_CUDA_LIMIT = 64
+
+
+def max_batch_for_memory(free_bytes: int, per_request_bytes: int) -> int:
+    """Batch slots whose caches fit in half of ``free_bytes`` (the rest is left for activations, the codec and
+    other processes): a multiple of 8 from 8 up, at least 1, at most DEFAULT_MAX_BATCH_CUDA_LIMIT."""
+    slots = int(free_bytes // 2 // max(per_request_bytes, 1))
+    if slots >= 8:
+        slots -= slots % 8
+    return max(1, min(slots, DEFAULT_MAX_BATCH_CUDA_LIMIT))
+
+
+def default_max_batch(device: torch.device, per_request_bytes: int) -> int:
+    """The ``max_batch`` used when none is given: sized to the GPU's free memory on CUDA, 4 elsewhere."""
+    if device.type != "cuda":
+        return DEFAULT_MAX_BATCH_CPU
+    free, _ = torch.cuda.mem_get_info(device)
+    return max_batch_for_memory(free, per_request_bytes)
+
+
 def load(
     model: str | os.PathLike = DEFAULT_MODEL,
     *,
@@ -115,7 +137,7 @@ def load(
     checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2 checkpoints Mimi (``kyutai/mimi``).
 
     ``max_batch`` is how many requests are decoded together (caches for that many are allocated once;
-    default 16 on CUDA, 4 elsewhere); ``max_queue`` bounds the requests waiting for a slot. ``cuda_graphs``
+    default: on CUDA as many as half the free GPU memory holds after loading, up to 64; 4 elsewhere); ``max_queue`` bounds the requests waiting for a slot. ``cuda_graphs``
     replays each decode step shape as a CUDA graph (default: on for CUDA devices; CUDA only)."""
     dev = pick_device(device)
     if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
@@ -125,9 +147,7 @@ def load(
                                 param="cuda_graphs")
     step_mode = resolve_mode(dev, cuda_graphs)
     dt = pick_dtype(dtype, dev)
-    if max_batch is None:
-        max_batch = 16 if dev.type == "cuda" else 4
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
         raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
     # The family is read from the files: Dia2's config.json has data/model/runtime blocks.
     config_path = open_repo(model, revision=revision).get("config.json")
@@ -143,6 +163,8 @@ def load(
     network = Dia1Model.from_hf_state_dict(checkpoint.config, checkpoint.state_dict, dtype=dt, device=dev)
     del checkpoint.state_dict
     dac = DacCodec.load(codec, revision=codec_revision, device=dev)
+    if max_batch is None:
+        max_batch = default_max_batch(dev, Dia1Generator.cache_bytes_per_request(checkpoint.config, dt))
     log.info(
         "loaded %s (%s layout, variant %s%s) on %s in %s",
         checkpoint.source, checkpoint.layout, checkpoint.variant,
@@ -166,6 +188,10 @@ def _load_dia2(model, *, revision, device, dtype, codec, codec_revision, max_bat
     del checkpoint.state_dict
     tokenizer = load_tokenizer(checkpoint.tokenizer_directory)
     mimi = MimiCodec.load(codec, revision=codec_revision, device=device)
+    if max_batch is None:
+        from .models.dia2.generator import Dia2Generator
+
+        max_batch = default_max_batch(device, Dia2Generator.cache_bytes_per_request(checkpoint.config, dtype))
     c = checkpoint.config
     variant = f"dia2 ({c.decoder_layers}-layer transformer, {c.decoder_hidden_size} wide)"
     log.info("loaded %s (%s) on %s in %s", checkpoint.source, variant, device, str(dtype).removeprefix("torch."))

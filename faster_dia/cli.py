@@ -18,7 +18,7 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default bfloat16 on CUDA, float32 elsewhere)")
     p.add_argument("--max-batch", type=int, default=None,
-                   help="requests decoded together (default 16 on CUDA, 4 elsewhere)")
+                   help="requests decoded together (default: on CUDA what half the free GPU memory holds, up to 64; 4 elsewhere)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
                    help="run decode steps eagerly on CUDA instead of replaying them as CUDA graphs")
 

@@ -145,3 +145,30 @@ def test_concurrent_generate_calls_are_batched_and_exact(tiny_dirs):
     assert all(np.array_equal(results[i], expected[i]) for i in range(4))
     # Together they took fewer steps than the four solo runs did.
     assert tts.engine.steps - steps_alone < steps_alone
+
+
+def test_default_batch_size_follows_free_memory():
+    from faster_dia.api import default_max_batch, max_batch_for_memory
+
+    GB = 10**9
+    assert max_batch_for_memory(80 * GB, 530 * 10**6) == 64  # H100: capped
+    assert max_batch_for_memory(20 * GB, 530 * 10**6) == 16  # 18 fit in half: a multiple of 8
+    assert max_batch_for_memory(3 * GB, 530 * 10**6) == 2
+    assert max_batch_for_memory(100 * 10**6, 530 * 10**6) == 1  # never 0
+    assert default_max_batch(torch.device("cpu"), 530 * 10**6) == 4
+
+
+def test_cache_size_per_request_is_what_a_slot_allocates(tts, tts2):
+    from faster_dia.models.dia2.generator import Dia2Generator
+
+    def nbytes(*groups):
+        return sum(t.numel() * t.element_size() for group in groups for t in group)
+
+    generator = Dia1Generator(tts.model, max_batch=3)
+    cache = generator.cache
+    held = nbytes(cache.self_k, cache.self_v, cache.cross_k, cache.cross_v, [generator.tokens])
+    assert held == 3 * Dia1Generator.cache_bytes_per_request(tts.model.config, tts.model.dtype)
+
+    generator2 = Dia2Generator(tts2.model, max_batch=3)
+    held2 = nbytes(generator2.cache.k, generator2.cache.v, [generator2.grid])
+    assert held2 == 3 * Dia2Generator.cache_bytes_per_request(tts2.model.config, tts2.model.dtype)

@@ -145,6 +145,14 @@ class Dia1Generator:
     def free_slots(self) -> int:
         return len(self._free)
 
+    @staticmethod
+    def cache_bytes_per_request(config: Dia1Config, dtype: torch.dtype) -> int:
+        """Device memory one batch slot takes: self- and cross-attention caches of its two rows, its tokens."""
+        c = config
+        self_kv = 2 * c.decoder_kv_heads * c.decoder_head_dim * c.audio_length
+        cross_kv = 2 * c.cross_kv_heads * c.cross_head_dim * c.text_length
+        return 2 * c.decoder_layers * (self_kv + cross_kv) * dtype.itemsize + c.audio_length * c.channels * 8
+
     # ------------------------------------------------------------------ admission
 
     def validate(self, request: Dia1Request) -> tuple[int, int]:

@@ -154,6 +154,14 @@ class Dia2Generator:
     def free_slots(self) -> int:
         return len(self._free)
 
+    @staticmethod
+    def cache_bytes_per_request(config, dtype: torch.dtype, max_prefix_frames: int = 750) -> int:
+        """Device memory one batch slot takes: the transformer cache of its two rows, its token grid."""
+        c = config
+        positions = c.max_context_steps + max_prefix_frames + 1
+        kv = 2 * c.decoder_kv_heads * c.decoder_head_dim * positions
+        return 2 * c.decoder_layers * kv * dtype.itemsize + positions * c.num_codebooks * 8
+
     # ------------------------------------------------------------------ admission
 
     def validate(self, request: Dia2Request) -> None:
