@@ -147,6 +147,40 @@ def test_a_recorded_step_replays_on_the_current_buffer_contents():
     assert runner.recorded_shapes == 1
 
 
+def test_a_failed_cuda_capture_falls_back_to_eager_steps(monkeypatch, caplog):
+    """Without a GPU the CUDA calls are stood in for; what is checked is the runner's own logic: the warm-up
+    run does the step's work exactly once, a capture that fails is reported, and later steps run eagerly."""
+    import contextlib
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    class FakeGraph:
+        def pool(self):
+            return "pool"
+
+    @contextlib.contextmanager
+    def failing_capture(graph, pool=None, capture_error_mode=None):
+        raise RuntimeError("operation not permitted when stream is capturing")
+        yield
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", failing_capture)
+    runs = []
+    runner = StepRunner(CUDA_GRAPHS)
+    with caplog.at_level("WARNING", logger="faster_dia.models.graphs"):
+        runner.run("a", lambda: runs.append("a"))
+    assert runs == ["a"] and runner.mode == EAGER and not runner.bucketed
+    assert "CUDA graph capture failed" in caplog.text
+    runner.run("a", lambda: runs.append("a"))
+    runner.run("b", lambda: runs.append("b"))
+    assert runs == ["a", "a", "b"]
+
+
 def test_step_shape_buckets():
     assert [batch_bucket(n, 64) for n in (1, 2, 3, 5, 8, 9, 17, 33, 64)] == [1, 2, 4, 8, 8, 16, 24, 40, 64]
     assert batch_bucket(5, 6) == 6

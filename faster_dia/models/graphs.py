@@ -13,7 +13,8 @@ Three modes:
 * ``eager``: call the step (CPU, MPS, or CUDA with graphs off). Shapes are exact, not bucketed.
 * ``cuda-graphs``: capture per bucketed shape on the step's first run (one eager run first, as warm-up,
   then a capture that only records), replay after. All graphs share one memory pool; they never run
-  concurrently and nothing they allocate outlives a replay.
+  concurrently and nothing they allocate outlives a replay. Should a capture fail (an old driver, a library
+  op that cannot be captured), the runner logs it once and steps eagerly from then on.
 * ``trace``: the same record-once/replay-after discipline on any device: the step's operators are recorded
   with every host value as it was, as a capture bakes them, and replayed as a list. It exists to prove on a machine without CUDA that
   a step is safe to capture: a replay that reads a stale host value, or a step that needs a device-to-host
@@ -113,9 +114,17 @@ class StepRunner:
         if replay is not None:
             replay()
             return
-        self._recorded[shape] = self._capture(step) if self.mode == CUDA_GRAPHS else self._trace(step)
+        if self.mode == TRACE:
+            self._recorded[shape] = self._trace(step)
+            return
+        replay = self._capture(step)
+        if replay is None:
+            self.mode = EAGER
+            self._recorded.clear()
+        else:
+            self._recorded[shape] = replay
 
-    def _capture(self, step: Callable[[], None]) -> Callable[[], object]:
+    def _capture(self, step: Callable[[], None]) -> Callable[[], object] | None:
         # The warm-up run is this step's real work (lazy tables, cuBLAS handles and workspaces get made here,
         # outside the capture); the capture that follows only records, it does not execute.
         side = torch.cuda.Stream()
@@ -124,9 +133,14 @@ class StepRunner:
             step()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads (codecs, the server) may use the GPU while a step is being captured.
-        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            step()
+        try:
+            # thread_local: other threads (codecs, the server) may use the GPU while a step is being captured.
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                step()
+        except Exception as exc:  # a driver or library that cannot capture: keep serving, eagerly
+            # The warm-up above already did this step's work, so nothing is lost or repeated.
+            log.warning("CUDA graph capture failed (%s); decoding without CUDA graphs from now on", exc)
+            return None
         if self._pool is None:
             self._pool = graph.pool()
         log.debug("captured a CUDA graph for step shape #%d", len(self._recorded) + 1)
