@@ -172,3 +172,32 @@ def test_cache_size_per_request_is_what_a_slot_allocates(tts, tts2):
     generator2 = Dia2Generator(tts2.model, max_batch=3)
     held2 = nbytes(generator2.cache.k, generator2.cache.v, [generator2.grid])
     assert held2 == 3 * Dia2Generator.cache_bytes_per_request(tts2.model.config, tts2.model.dtype)
+
+
+def test_host_work_per_step_follows_events_not_running_requests(tts, monkeypatch):
+    """Running requests cost the engine thread nothing per step: a plain request's progress is read when it
+    finishes, a streaming one's about once per chunk, never once per step."""
+    from faster_dia.models.dia1.generator import SlotState
+
+    reads = []
+    original = SlotState.final_frames
+
+    def counted(self):
+        reads.append(self.slot)
+        return original.fget(self)
+
+    monkeypatch.setattr(SlotState, "final_frames", property(counted))
+    engine = Engine(Dia1Generator(tts.model, max_batch=3))
+    plain = engine.submit([_request(tts, 2, max_new_tokens=150), _request(tts, 0, max_new_tokens=150)])
+    chunked = engine.submit([_request(tts, 1, max_new_tokens=150)], chunk_frames=16)
+    for sub in plain:
+        _wait(sub)
+    chunks = 0
+    while (kind := chunked[0].events.get(timeout=60)[0]) == "frames":
+        chunks += 1
+    assert kind == "done" and chunks >= 2
+    steps = engine.steps
+    plain_slots = {s.state.slot for s in plain}
+    assert sum(r in plain_slots for r in reads) <= 2 * len(plain)  # read at the end, not every step
+    streaming_reads = sum(r == chunked[0].state.slot for r in reads)
+    assert streaming_reads <= 2 * chunks + 4 < steps  # about once per chunk
