@@ -39,6 +39,10 @@ from typing import Any
 
 import torch
 
+# The configs, byte counts and bandwidth probe of the decode-step benchmark (run as scripts, bench/ is on the
+# path).
+from bench_dia1 import CONFIGS, kv_bytes_per_step, measure_bandwidth, weight_bytes_per_step
+
 import faster_dia
 from faster_dia.engine import Engine
 from faster_dia.models.dia1.generator import Dia1Generator, Dia1Request
@@ -56,30 +60,6 @@ PCM_BYTES_PER_SECOND = 2 * 24000
 CFG_SCALE = 3.0
 TOP_K = 45
 TOP_P = 0.95
-
-#: The real Dia-1.6B widths; ``mid`` keeps them with few layers so that a CPU can run it.
-REAL_WIDTHS: dict[str, Any] = {
-    "encoder_hidden_size": 1024,
-    "encoder_intermediate_size": 4096,
-    "encoder_heads": 16,
-    "encoder_kv_heads": 16,
-    "encoder_head_dim": 128,
-    "decoder_hidden_size": 2048,
-    "decoder_intermediate_size": 8192,
-    "decoder_heads": 16,
-    "decoder_kv_heads": 4,
-    "decoder_head_dim": 128,
-    "cross_heads": 16,
-    "cross_kv_heads": 16,
-    "cross_head_dim": 128,
-}
-
-#: Overrides of the tiny defaults of ``faster_dia.testing``.
-CONFIGS: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    "mid": {**REAL_WIDTHS, "encoder_layers": 2, "decoder_layers": 4},
-    "full": {**REAL_WIDTHS, "encoder_layers": 12, "decoder_layers": 18},
-}
 
 #: Audio frames per request, requests run one at a time, and timed repeats: a tiny step costs milliseconds,
 #: a mid step on a CPU a good part of a second.
@@ -576,8 +556,6 @@ def main(argv: list[str] | None = None) -> int:
 
         bandwidth = None
         if device.type == "cuda":
-            from bench_dia1 import measure_bandwidth
-
             bandwidth = measure_bandwidth(device)
             log(f"device memory bandwidth (copy): {bandwidth / 1e9:.0f} GB/s")
         engines: dict[int, Engine] = {1: tts.engine}
@@ -638,8 +616,6 @@ def main(argv: list[str] | None = None) -> int:
             row.batched_over_sequential = ratio(row.engine_fps, row.sequential_fps)
             row.engine_over_transformers = ratio(row.engine_fps, row.transformers_fps)
             if bandwidth:
-                from bench_dia1 import kv_bytes_per_step, weight_bytes_per_step
-
                 step_bytes = weight_bytes_per_step(c, tts.dtype) + kv_bytes_per_step(
                     c, tts.dtype, 2 * row.concurrency, max_new_tokens // 2, len(script_for(0)))
                 row.floor_fps = row.concurrency / (step_bytes / bandwidth)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from dia1_requests import SCRIPTS, dia1_request
 
 from faster_dia.models.dia1.generator import Dia1Generator
 from faster_dia.models.dia2.generator import Dia2Generator
@@ -26,24 +27,9 @@ from faster_dia.models.graphs import (
     round_up,
 )
 
-SCRIPTS = [
-    "[S1] Did you hear? (laughs) [S2] I did.",
-    "[S2] Short.",
-    "[S1] A somewhat longer third line for this batch, with more words.",
-    "[S2] Fourth. [S1] Yes.",
-    "[S1] Five is the last one (sighs).",
-]
-
 
 def _dia1_request(tts, i):
-    params = dict(seed=300 + i, audio_prompt=None, audio_prompt_transcript=None, audio_prompt_sample_rate=None,
-                  temperature=[1.2, 0.0, 0.9, 1.5, 1.2][i], top_p=[0.95, 0.95, 0.8, 1.0, 0.9][i],
-                  top_k=[45, 45, 20, 60, 100][i], cfg_scale=[3.0, 3.0, 2.0, 4.0, 1.0][i],
-                  max_new_tokens=[120, 90, 150, 60, 100][i])
-    if i == 3:
-        params.update(audio_prompt=np.random.default_rng(3).integers(0, 1024, (30, 9)),
-                      audio_prompt_transcript="[S1] A prompt.")
-    return tts._request(SCRIPTS[i], **params)
+    return dia1_request(tts, i, seed=300 + i, **({"top_k": 100} if i == 4 else {}))
 
 
 def _run_schedule(generator, joins):
@@ -61,26 +47,25 @@ def _run_schedule(generator, joins):
     return results
 
 
-def _alone(make_generator, request):
-    return _run_schedule(make_generator(1, EAGER), [(0, "x", request)])["x"]
+def _assert_replays_give_solo_tokens(generator_class, model, requests, *, slots, join_every):
+    """Each request run alone and eagerly, then all of them through ``slots`` slots in trace mode, joining
+    every ``join_every`` steps: slots are reused and step shapes change, and every request must get its solo
+    tokens. Recorded once per shape and replayed: far fewer recordings than steps."""
+    alone = [
+        _run_schedule(generator_class(model, max_batch=1, step_mode=EAGER), [(0, "x", r)])["x"] for r in requests
+    ]
+    generator = generator_class(model, max_batch=slots, step_mode=TRACE)
+    got = _run_schedule(generator, [(j * join_every, j, r) for j, r in enumerate(requests)])
+    for i in range(len(requests)):
+        assert torch.equal(got[i], alone[i]), f"request {i} changed under replay"
+    assert 1 <= generator.runner.recorded_shapes <= 6
 
 
 @pytest.mark.parametrize("variant", ["0626", "original"])
 def test_dia1_replayed_steps_give_each_request_its_eager_solo_tokens(tts, tts_original, variant):
     model_tts = tts if variant == "0626" else tts_original
-
-    def make(max_batch, mode):
-        return Dia1Generator(model_tts.model, max_batch=max_batch, step_mode=mode)
-
     requests = [_dia1_request(model_tts, i) for i in range(5)]
-    alone = [_alone(make, r) for r in requests]
-    generator = make(3, TRACE)
-    # Five requests through three slots, joining at different steps: slots are reused, batch shapes change.
-    got = _run_schedule(generator, [(j * 9, j, r) for j, r in enumerate(requests)])
-    for i in range(5):
-        assert torch.equal(got[i], alone[i]), f"request {i} changed under replay"
-    # Recorded once per shape and replayed: far fewer recordings than steps.
-    assert 1 <= generator.runner.recorded_shapes <= 6
+    _assert_replays_give_solo_tokens(Dia1Generator, model_tts.model, requests, slots=3, join_every=9)
 
 
 def _dia2_request(tts2, i):
@@ -100,17 +85,9 @@ def _dia2_request(tts2, i):
 
 
 def test_dia2_replayed_frames_give_each_request_its_eager_solo_tokens(tts2):
-    def make(max_batch, mode):
-        return Dia2Generator(tts2.model, max_batch=max_batch, step_mode=mode)
-
-    requests = [_dia2_request(tts2, i) for i in range(4)]
-    alone = [_alone(make, r) for r in requests]
-    generator = make(2, TRACE)
     # Guided and unguided requests, a prefix, different filters: the step shape changes as they come and go.
-    got = _run_schedule(generator, [(j * 6, j, r) for j, r in enumerate(requests)])
-    for i in range(4):
-        assert torch.equal(got[i], alone[i]), f"request {i} changed under replay"
-    assert 1 <= generator.runner.recorded_shapes <= 6
+    requests = [_dia2_request(tts2, i) for i in range(4)]
+    _assert_replays_give_solo_tokens(Dia2Generator, tts2.model, requests, slots=2, join_every=6)
 
 
 def test_a_step_that_reads_a_device_value_cannot_be_recorded():

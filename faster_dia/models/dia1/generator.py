@@ -32,6 +32,7 @@ import torch
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
 from ..random import seed_key
+from ..slots import SlotGenerator, SlotStateBase
 from .config import Dia1Config
 from .delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
 from .model import Dia1Model
@@ -56,24 +57,14 @@ class Dia1Request:
 
 
 @dataclass(eq=False)
-class SlotState:
+class SlotState(SlotStateBase):
     request: Dia1Request
-    slot: int
     prompt_frames: int
     text_length: int
     finished: bool = False
     end_position: int | None = None  # channel-0 EOS position, known once finished
     extra: dict = field(default_factory=dict)
-    _positions: np.ndarray | None = None  # the generator's host copy of every slot's position
-    _released_at: int | None = None
     _delays: tuple[int, ...] = (0,)
-
-    @property
-    def position(self) -> int:
-        """The decoder position fed by the next step."""
-        if self._released_at is not None:
-            return self._released_at
-        return int(self._positions[self.slot])
 
     @property
     def final_frames(self) -> int:
@@ -104,14 +95,14 @@ def min_new_tokens(config: Dia1Config) -> int:
     return config.max_delay + 2
 
 
-class Dia1Generator:
+class Dia1Generator(SlotGenerator[SlotState]):
     """``step_mode`` is ``eager``, ``cuda-graphs`` or ``trace`` (see models/graphs.py); by default CUDA graphs on
     CUDA and eager elsewhere."""
 
     def __init__(self, model: Dia1Model, *, max_batch: int, step_mode: str | None = None):
         self.model = model
         self.config = c = model.config
-        self.max_batch = max_batch
+        self._init_slots(max_batch)
         dev = model.device
         self.device = dev
         self.cache = model.new_cache(2 * max_batch)
@@ -130,20 +121,12 @@ class Dia1Generator:
         self.done = torch.zeros(max_batch, dtype=torch.bool, device=dev)
         self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
         self._slot_index = torch.arange(max_batch, device=dev)
-        # Host copies of what the host decides from (step shapes, finished requests), indexed by slot, so a
-        # step needs no loop over requests and no extra device reads.
-        self._host_active = np.zeros(max_batch, dtype=bool)
-        self._host_position = np.zeros(max_batch, dtype=np.int64)
+        # Host copies of what the step shape is decided from, indexed by slot (with the slots' activity and
+        # positions, see models/slots.py), so a step needs no loop over requests and no extra device reads.
         self._host_text_length = np.zeros(max_batch, dtype=np.int64)
         self._host_top_k = np.zeros(max_batch, dtype=np.int64)
         self._host_sampling = np.zeros(max_batch, dtype=bool)
         self.runner = StepRunner(step_mode or resolve_mode(dev, None))
-        self._free = list(range(max_batch))
-        self._states: dict[int, SlotState] = {}
-
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
 
     @staticmethod
     def cache_bytes_per_request(config: Dia1Config, dtype: torch.dtype) -> int:
@@ -217,16 +200,16 @@ class Dia1Generator:
     @torch.inference_mode()
     def prepare(self, request: Dia1Request) -> SlotState:
         prompt_frames, max_new = self.validate(request)
-        if not self._free:
-            raise RuntimeError("no free batch slot")
-        c = self.config
-        slot = self._free.pop(0)
-        try:
+
+        def fill(slot: int) -> SlotState:
             self._fill_slot(slot, request, prompt_frames)
-        except BaseException:
-            self._free.append(slot)  # a request that fails here must not take its slot with it
-            self._free.sort()
-            raise
+            return self._start(slot, request, prompt_frames, max_new)
+
+        return self._claim(fill)
+
+    def _start(self, slot: int, request: Dia1Request, prompt_frames: int, max_new: int) -> SlotState:
+        """The slot's per-request parameters, on the device and in the host copies."""
+        c = self.config
         self.position[slot] = prompt_frames
         self.eos_position[slot] = _NO_EOS
         self.limit_position[slot] = prompt_frames + max_new - c.max_delay
@@ -237,17 +220,14 @@ class Dia1Generator:
         self.key[slot] = seed_key(request.seed)
         self.active[slot] = True
         text_length = int(request.text.shape[0])
-        self._host_active[slot] = True
         self._host_position[slot] = prompt_frames
         self._host_text_length[slot] = text_length
         self._host_top_k[slot] = request.top_k
         self._host_sampling[slot] = request.temperature > 0
-        state = SlotState(
+        return SlotState(
             request=request, slot=slot, prompt_frames=prompt_frames, text_length=text_length,
             _positions=self._host_position, _delays=c.delay_pattern,
         )
-        self._states[slot] = state
-        return state
 
     def _fill_slot(self, slot: int, request: Dia1Request, prompt_frames: int) -> None:
         """Encoder, cross-attention cache and prompt prefill for a request entering ``slot``."""
@@ -279,7 +259,7 @@ class Dia1Generator:
         """Advance every running request (every prepared slot that has not finished) by one position in one
         batched decoder call; returns the requests that finished with this step. ``states`` is accepted for
         callers that track them and is not needed."""
-        running = np.flatnonzero(self._host_active)
+        running = self._running_slots()
         if running.size == 0:
             return []
         shape = self._shape(running)
@@ -372,19 +352,3 @@ class Dia1Generator:
         first = state.prompt_frames + 1
         codes = revert_delay(self.tokens[state.slot], self.config.delay_pattern, first + start, first + stop)
         return clean_codes(codes)
-
-    def finish(self, state: SlotState) -> torch.Tensor:
-        """All generated frames [frames, 9] of a finished request; frees its slot."""
-        codes = self.frames(state, 0, state.final_frames)
-        self.release(state)
-        return codes
-
-    def release(self, state: SlotState) -> None:
-        """Free a request's slot (finished or cancelled); it may be reused by the next ``prepare``."""
-        if self._states.pop(state.slot, None) is None:
-            return
-        state._released_at = state.position
-        self.active[state.slot] = False
-        self._host_active[state.slot] = False
-        self._free.append(state.slot)
-        self._free.sort()

@@ -23,6 +23,7 @@ import torch
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
 from ..random import seed_key
+from ..slots import SlotGenerator, SlotStateBase
 from .model import Dia2Model
 from .sampling import STREAMS, choose
 from .text import Entry, TextStateMachine
@@ -52,9 +53,8 @@ class Dia2Request:
 
 
 @dataclass(eq=False)
-class Dia2SlotState:
+class Dia2SlotState(SlotStateBase):
     request: Dia2Request
-    slot: int
     machine: TextStateMachine
     prefix_frames: int
     crop: int  # first aligned frame of the result
@@ -64,16 +64,7 @@ class Dia2SlotState:
     last_column: int | None = None
     hit_limit: bool = False
     extra: dict = field(default_factory=dict)
-    _positions: np.ndarray | None = None  # the generator's host copy of every slot's position
-    _released_at: int | None = None
     _max_delay: int = 18
-
-    @property
-    def position(self) -> int:
-        """The decoder position fed by the next step."""
-        if self._released_at is not None:
-            return self._released_at
-        return int(self._positions[self.slot])
 
     @property
     def final_frames(self) -> int:
@@ -106,7 +97,7 @@ class Dia2StepShape:
     audio_sampling: bool
 
 
-class Dia2Generator:
+class Dia2Generator(SlotGenerator[Dia2SlotState]):
     """``step_mode`` is ``eager``, ``cuda-graphs`` or ``trace`` (see models/graphs.py); by default CUDA graphs on
     CUDA and eager elsewhere. The whole frame (transformer step, 31 depformer stages, 32 samplings) is one
     recorded step."""
@@ -115,7 +106,7 @@ class Dia2Generator:
                  step_mode: str | None = None):
         self.model = model
         self.config = c = model.config
-        self.max_batch = max_batch
+        self._init_slots(max_batch)
         self.device = dev = model.device
         self.max_positions = c.max_context_steps + max_prefix_frames + 1
         self.max_prefix_frames = max_prefix_frames
@@ -136,9 +127,7 @@ class Dia2Generator:
         self._blank_text = torch.tensor([c.text_zero_token_id, c.text_pad_token_id], device=dev)
         self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
         self._slot_index = torch.arange(max_batch, device=dev)
-        # Host copies of what the host decides from, indexed by slot (see the Dia-1.6B generator).
-        self._host_active = np.zeros(max_batch, dtype=bool)
-        self._host_position = np.zeros(max_batch, dtype=np.int64)
+        # Host copies of what the step shape is decided from, indexed by slot (see models/slots.py).
         self._host_text = np.zeros((max_batch, 2), dtype=np.int64)
         self._host_guided = np.zeros(max_batch, dtype=bool)
         self._host_filter_k = np.zeros(max_batch, dtype=np.int64)
@@ -147,12 +136,6 @@ class Dia2Generator:
         self._host_text_sampling = np.zeros(max_batch, dtype=bool)
         self._host_audio_sampling = np.zeros(max_batch, dtype=bool)
         self.runner = StepRunner(step_mode or resolve_mode(dev, None))
-        self._free = list(range(max_batch))
-        self._states: dict[int, Dia2SlotState] = {}
-
-    @property
-    def free_slots(self) -> int:
-        return len(self._free)
 
     @staticmethod
     def cache_bytes_per_request(config, dtype: torch.dtype, max_prefix_frames: int = 750) -> int:
@@ -198,17 +181,7 @@ class Dia2Generator:
     @torch.inference_mode()
     def prepare(self, request: Dia2Request) -> Dia2SlotState:
         self.validate(request)
-        if not self._free:
-            raise RuntimeError("no free batch slot")
-        slot = self._free.pop(0)
-        try:
-            state = self._fill_slot(slot, request)
-        except BaseException:
-            self._free.append(slot)
-            self._free.sort()
-            raise
-        self._states[slot] = state
-        return state
+        return self._claim(lambda slot: self._fill_slot(slot, request))
 
     def _fill_slot(self, slot: int, request: Dia2Request) -> Dia2SlotState:
         c, dev = self.config, self.device
@@ -257,7 +230,6 @@ class Dia2Generator:
         self.text_top_k[slot] = request.text_top_k
         self.audio_temperature[slot] = request.audio_temperature
         self.audio_top_k[slot] = request.audio_top_k
-        self._host_active[slot] = True
         self._host_position[slot] = start
         self._host_text[slot] = text[start]
         self._host_guided[slot] = request.cfg_scale != 1.0
@@ -286,7 +258,7 @@ class Dia2Generator:
 
         The host part is the text state machine of each running request (the reference's design: the next
         step's text tokens depend on this step's action through the script's words)."""
-        running = np.flatnonzero(self._host_active)
+        running = self._running_slots()
         if running.size == 0:
             return []
         c = self.config
@@ -417,17 +389,3 @@ class Dia2Generator:
         index = torch.arange(first, state.crop + stop, device=self.device)
         cols = index[:, None] + self.delays
         return self.grid[state.slot][cols, torch.arange(self.config.num_codebooks, device=self.device)].clamp_min(0)
-
-    def finish(self, state: Dia2SlotState) -> torch.Tensor:
-        codes = self.frames(state, 0, state.final_frames)
-        self.release(state)
-        return codes
-
-    def release(self, state: Dia2SlotState) -> None:
-        if self._states.pop(state.slot, None) is None:
-            return
-        state._released_at = state.position
-        self._host_active[state.slot] = False
-        self.active[state.slot] = False
-        self._free.append(state.slot)
-        self._free.sort()

@@ -1,0 +1,90 @@
+"""Batch-slot bookkeeping shared by the generators of both model families.
+
+A generator owns ``max_batch`` slots. This keeps which are free, which request holds each, and host copies
+(numpy, indexed by slot) of whether each slot is running and at which position, which is what a step's
+shape is decided from without reading the device or looping over requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+import numpy as np
+import torch
+
+
+@dataclass(eq=False)
+class SlotStateBase:
+    """What every request's slot state has: its slot, and its position read from the generator's host copy."""
+
+    slot: int
+    _positions: np.ndarray | None = field(default=None, kw_only=True, repr=False)
+    _released_at: int | None = field(default=None, kw_only=True)
+
+    @property
+    def position(self) -> int:
+        """The decoder position fed by the next step (frozen once the slot is released)."""
+        if self._released_at is not None:
+            return self._released_at
+        return int(self._positions[self.slot])
+
+
+S = TypeVar("S", bound=SlotStateBase)
+
+
+class SlotGenerator(Generic[S]):
+    """Slot allocation, release and the host copies. Subclasses keep a device ``active`` flag per slot and
+    implement ``frames(state, start, stop)``."""
+
+    active: torch.Tensor
+
+    def _init_slots(self, max_batch: int) -> None:
+        self.max_batch = max_batch
+        self._free = list(range(max_batch))
+        self._states: dict[int, S] = {}
+        self._host_active = np.zeros(max_batch, dtype=bool)
+        self._host_position = np.zeros(max_batch, dtype=np.int64)
+
+    @property
+    def free_slots(self) -> int:
+        return len(self._free)
+
+    def _claim(self, fill: Callable[[int], S]) -> S:
+        """Run ``fill(slot)`` on the lowest free slot and register the state it returns as running. A request
+        that fails in ``fill`` does not take its slot with it."""
+        if not self._free:
+            raise RuntimeError("no free batch slot")
+        slot = self._free.pop(0)
+        try:
+            state = fill(slot)
+        except BaseException:
+            self._free.append(slot)
+            self._free.sort()
+            raise
+        self._states[slot] = state
+        self._host_active[slot] = True
+        return state
+
+    def _running_slots(self) -> np.ndarray:
+        return np.flatnonzero(self._host_active)
+
+    def frames(self, state: S, start: int, stop: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, state: S) -> torch.Tensor:
+        """All frames of a finished request; frees its slot."""
+        codes = self.frames(state, 0, state.final_frames)
+        self.release(state)
+        return codes
+
+    def release(self, state: S) -> None:
+        """Free a request's slot (finished or cancelled); it may be reused by the next ``prepare``."""
+        if self._states.pop(state.slot, None) is None:
+            return
+        state._released_at = state.position
+        self._host_active[state.slot] = False
+        self.active[state.slot] = False
+        self._free.append(state.slot)
+        self._free.sort()
