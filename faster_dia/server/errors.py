@@ -14,7 +14,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..errors import FasterDiaError, OverloadedError
+from ..errors import FasterDiaError, InvalidInputError, OverloadedError
 
 log = logging.getLogger("faster_dia.server")
 
@@ -22,8 +22,17 @@ log = logging.getLogger("faster_dia.server")
 INTERNAL_MESSAGE = "The server had an error while processing the request (request id {request_id})."
 
 
+def _encodable(text: str | None) -> str | None:
+    """``text`` with anything UTF-8 cannot carry (a lone UTF-16 surrogate, which JSON lets a client send)
+    written as a backslash escape: an error message that echoes the client's input must still encode."""
+    if text is None:
+        return None
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return {"error": {"message": _encodable(message), "type": _encodable(type_), "param": _encodable(param),
+                      "code": _encodable(code)}}
 
 
 def error_response(
@@ -31,6 +40,23 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     return JSONResponse(error_body(message, type_, param, code), status_code=status, headers=headers)
+
+
+def reject_surrogates(value: str, param: str) -> str:
+    """``value`` unchanged, or InvalidInputError (400) if it holds an unpaired UTF-16 surrogate.
+
+    JSON can escape one (``"\\ud800"``) and Python decodes it into a str that no encoder accepts, so the
+    text would fail deep inside tokenizing instead of at the boundary. InvalidInputError is a ValueError, so
+    inside a pydantic validator it becomes an ordinary validation error of ``param``.
+    """
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidInputError(
+            f"'{param}' contains an unpaired UTF-16 surrogate at character {exc.start}; send valid Unicode text.",
+            param=param, code="invalid_value",
+        ) from None
+    return value
 
 
 def request_id_of(request: Request) -> str:
@@ -46,7 +72,7 @@ def library_error_response(exc: FasterDiaError, request_id: str) -> JSONResponse
         return error_response(status, exc.message, exc.error_type, exc.param, exc.code or "overloaded", headers)
     if status >= 500:
         # A deliberate library error can still carry paths or internals: log it, answer generically.
-        log.error("request %s failed: %s: %s", request_id, type(exc).__name__, exc.message)
+        log.error("request %s failed: %s: %s", request_id, type(exc).__name__, _encodable(exc.message))
         return error_response(status, INTERNAL_MESSAGE.format(request_id=request_id), exc.error_type)
     return error_response(status, exc.message, exc.error_type, exc.param, exc.code)
 

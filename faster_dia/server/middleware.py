@@ -1,4 +1,4 @@
-"""Plain ASGI middleware: request ids, the last-resort 500, API keys and the body size limit.
+"""Plain ASGI middleware: request ids, the last-resort 500, API keys, the body size limit and HEAD.
 
 These run before FastAPI parses anything, so an unauthenticated or oversized request is refused without
 its body being read or validated (a malformed body from a caller without a key is a 401, not a 400).
@@ -90,8 +90,9 @@ class ApiKeyAuth:
 
     PUBLIC_PATHS = frozenset({
         "/health", "/v1/models", "/v1/audio/models", "/v1/audio/voices", "/docs", "/redoc", "/openapi.json",
-        "/docs/oauth2-redirect",
     })
+    #: ``/docs/`` holds the docs page's own scripts and styles (see docs.py).
+    PUBLIC_PREFIXES = ("/v1/models/", "/docs/")
 
     def __init__(self, app: ASGIApp, keys: Iterable[str]):
         self.app = app
@@ -101,7 +102,7 @@ class ApiKeyAuth:
         if scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
             return False
         path = scope.get("path", "")
-        return path in self.PUBLIC_PATHS or path.startswith("/v1/models/")
+        return path in self.PUBLIC_PATHS or path.startswith(self.PUBLIC_PREFIXES)
 
     def _authorized(self, scope: Scope) -> bool | None:
         """True for a valid key, False for a wrong one, None for none at all."""
@@ -186,3 +187,24 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+class HeadAsGet:
+    """Answers ``HEAD`` on every route that answers ``GET`` (FastAPI routes only match the methods they
+    declare, so ``HEAD /health`` would be a 405): the request goes on as a GET and the body is dropped,
+    keeping the GET's headers, Content-Length included, as HEAD requires."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("method") != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body" and message.get("body"):
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, send_headers_only)
