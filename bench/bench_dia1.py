@@ -161,11 +161,11 @@ def time_faster_dia(
     states = [generator.prepare(r) for r in requests]
     try:
         for _ in range(warmup):
-            generator.step(states)
+            generator.step()
         sync(device)
         start = time.perf_counter()
         for _ in range(steps):
-            generator.step(states)
+            generator.step()
         sync(device)
         elapsed = time.perf_counter() - start
         if any(s.finished for s in states):

@@ -362,18 +362,18 @@ def profile_steps(tts: faster_dia.TextToSpeech, generator: Dia1Generator, *, max
               for r in make_requests(tts, n, max_new_tokens=max_new_tokens, temperature=temperature)]
     with torch.inference_mode():
         for _ in range(3):
-            generator.step(states)
+            generator.step()
         start = time.perf_counter()
         for _ in range(steps):
-            generator.step(states)
+            generator.step()
         plain = (time.perf_counter() - start) / steps
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(steps):
-                generator.step(states)
+                generator.step()
         profiler = cProfile.Profile()
         profiler.enable()
         for _ in range(steps):
-            generator.step(states)
+            generator.step()
         profiler.disable()
     for s in states:
         generator.release(s)

@@ -1,15 +1,14 @@
-"""faster-dia: fast inference and serving for the Nari Labs Dia dialogue text-to-speech models."""
+"""faster-dia: fast inference and serving for the Nari Labs Dia dialogue text-to-speech models.
 
-from .api import (
-    DEFAULT_MODEL,
-    Dia2TextToSpeech,
-    Progress,
-    Speech,
-    SpeechModel,
-    SpeechStream,
-    TextToSpeech,
-    load,
-)
+Names are imported on first use, so ``import faster_dia`` is quick and errors that need no model (a missing
+checkpoint, a bad option) are reported before torch is loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     CancelledError,
     CheckpointError,
@@ -21,11 +20,41 @@ from .errors import (
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "DEFAULT_MODEL": "faster_dia.loading",
+    "load": "faster_dia.loading",
+    "AsyncSpeechStream": "faster_dia.speech",
+    "Progress": "faster_dia.speech",
+    "Speech": "faster_dia.speech",
+    "SpeechModel": "faster_dia.speech",
+    "SpeechStream": "faster_dia.speech",
+    "Dia1TextToSpeech": "faster_dia.models.dia1.tts",
+    "TextToSpeech": "faster_dia.models.dia1.tts",
+    "Dia2TextToSpeech": "faster_dia.models.dia2.tts",
+}
+
+if TYPE_CHECKING:
+    from .loading import DEFAULT_MODEL, load
+    from .models.dia1.tts import Dia1TextToSpeech, TextToSpeech
+    from .models.dia2.tts import Dia2TextToSpeech
+    from .speech import AsyncSpeechStream, Progress, Speech, SpeechModel, SpeechStream
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'faster_dia' has no attribute {name!r}")
+
+
 __all__ = [
     "DEFAULT_MODEL",
-    "Dia2TextToSpeech",
+    "AsyncSpeechStream",
     "CancelledError",
     "CheckpointError",
+    "Dia1TextToSpeech",
+    "Dia2TextToSpeech",
     "FasterDiaError",
     "InvalidInputError",
     "ModelNotFoundError",

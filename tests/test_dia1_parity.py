@@ -16,6 +16,7 @@ from transformers import (  # noqa: E402
 )
 
 from faster_dia.models.dia1.generator import Dia1Generator  # noqa: E402
+from faster_dia.testing import delayed_tokens  # noqa: E402
 
 SCRIPTS = [
     "[S1] Did you hear? (laughs) [S2] I did.",
@@ -56,8 +57,8 @@ def our_delayed_sequences(tts, scripts, *, max_new_tokens, audio_prompt=None, au
     generator = Dia1Generator(tts.model, max_batch=len(requests))
     states = [generator.prepare(r) for r in requests]
     while not all(s.finished for s in states):
-        generator.step([s for s in states if not s.finished])
-    return [generator.delayed_tokens(s) for s in states]
+        generator.step()
+    return [delayed_tokens(generator, s) for s in states]
 
 
 def test_teacher_forced_logits_match_for_a_padded_batch(tts, reference):

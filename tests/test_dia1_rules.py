@@ -14,7 +14,13 @@ from faster_dia.models.dia1.generator import Dia1Generator, Dia1Request
 from faster_dia.models.dia1.model import Dia1Model
 from faster_dia.models.dia1.sampling import choose_tokens
 from faster_dia.models.random import seed_key
-from faster_dia.testing import nari_reference_logits, tiny_dia_config, tiny_nari_state_dict
+from faster_dia.testing import (
+    delayed_tokens,
+    finish,
+    nari_reference_logits,
+    tiny_dia_config,
+    tiny_nari_state_dict,
+)
 
 EOS, PAD, BOS = 1024, 1025, 1026
 DELAYS = (0, 8, 9, 10, 11, 12, 13, 14, 15)
@@ -235,13 +241,13 @@ def _scripted(eos_at=None, **request):
     generator.model = scripted
     state = generator.prepare(Dia1Request(text=torch.tensor([1, 65]), seed=0, temperature=0.0, **request))
     while not state.finished:
-        generator.step([state])
+        generator.step()
     return generator, state, scripted
 
 
 def test_eos_in_channel_0_starts_the_delay_tail():
     generator, state, _ = _scripted(eos_at=30)
-    seq = generator.delayed_tokens(state)
+    seq = delayed_tokens(generator, state)
     assert len(seq) == 30 + 15 + 1  # the request ends once channel 8's EOS at 30 + 15 is written
     for c, d in enumerate(DELAYS):
         assert (seq[: d + 1, c] == BOS).all()
@@ -249,16 +255,16 @@ def test_eos_in_channel_0_starts_the_delay_tail():
             assert seq[p, c] == (p * 10 + c) % 1000, (p, c)  # sampled while earlier frames finish
         assert seq[30 + d, c] == EOS
         assert (seq[30 + d + 1 :, c] == PAD).all()
-    codes = generator.finish(state)
+    codes = finish(generator, state)
     assert codes.shape == (29, 9)  # frames 1 … 29 of the undelayed sequence
     assert codes[0, 0] == 10 and codes[0, 8] == (16 * 10 + 8) % 1000
 
 
 def test_forced_stop_near_the_length_limit():
     generator, state, _ = _scripted(eos_at=None, max_new_tokens=40)
-    seq = generator.delayed_tokens(state)
+    seq = delayed_tokens(generator, state)
     assert len(seq) == 41 and seq[25, 0] == EOS and seq[40, 8] == EOS  # forced at 40 - 15
-    assert generator.finish(state).shape == (24, 9)
+    assert finish(generator, state).shape == (24, 9)
 
 
 def test_prompt_prefill_and_teacher_forcing():
@@ -266,12 +272,12 @@ def test_prompt_prefill_and_teacher_forcing():
     generator, state, scripted = _scripted(eos_at=40, prompt=prompt)
     (prefill,) = scripted.prefilled
     assert prefill.shape == (2, 4, 9)  # positions 0 … 3 in one causal pass, both CFG rows
-    seq = generator.delayed_tokens(state)
+    seq = delayed_tokens(generator, state)
     for c, d in enumerate(DELAYS):
         assert (seq[: d + 1, c] == BOS).all()
         assert torch.equal(seq[d + 1 : d + 5, c], prompt[:, c])  # forced although the model wanted other tokens
         assert seq[d + 5, c] == ((d + 5) * 10 + c) % 1000  # the first generated frame
-    codes = generator.finish(state)
+    codes = finish(generator, state)
     assert codes.shape == (40 - 1 - 4, 9)  # the prompt is not part of the result
 
 

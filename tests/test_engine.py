@@ -14,6 +14,7 @@ import faster_dia
 from faster_dia.engine import Engine
 from faster_dia.errors import CancelledError, InvalidInputError, OverloadedError
 from faster_dia.models.dia1.generator import Dia1Generator
+from faster_dia.testing import finish
 
 _request = dia1_request
 
@@ -22,8 +23,8 @@ def _alone(tts, request):
     generator = Dia1Generator(tts.model, max_batch=1)
     state = generator.prepare(request)
     while not state.finished:
-        generator.step([state])
-    return generator.finish(state)
+        generator.step()
+    return finish(generator, state)
 
 
 def _wait(submission, timeout=120):

@@ -26,6 +26,7 @@ from faster_dia.models.graphs import (
     resolve_mode,
     round_up,
 )
+from faster_dia.testing import finish
 
 
 def _dia1_request(tts, i):
@@ -35,13 +36,13 @@ def _dia1_request(tts, i):
 def _run_schedule(generator, joins):
     """Drive ``generator`` by hand: request j may join at step joins[j][0] or later (when a slot is free)."""
     waiting = list(joins)
-    results, step = {}, 0
+    results, names, step = {}, {}, 0
     while waiting or generator._states:
         while waiting and waiting[0][0] <= step and generator.free_slots:
             _, name, request = waiting.pop(0)
-            generator.prepare(request).extra["name"] = name
+            names[generator.prepare(request).slot] = name
         for state in generator.step():
-            results[state.extra["name"]] = generator.finish(state)
+            results[names[state.slot]] = finish(generator, state)
         step += 1
         assert step < 5000
     return results
@@ -81,7 +82,8 @@ def _dia2_request(tts2, i):
         kwargs.update(prefix_speaker_1=pcm, prefix_transcript_1="[S1] Hello there.", prefix_sample_rate=24000)
     script = ["[S1] Hello there. [S2] Hi.", "[S2] A second voice speaks now.", "[S1] Third, short.",
               "[S1] Four words are here. [S2] And more."][i]
-    return tts2._request(script, **kwargs)
+    (request,) = tts2._requests([script], tts2._options(kwargs))
+    return request
 
 
 def test_dia2_replayed_frames_give_each_request_its_eager_solo_tokens(tts2):

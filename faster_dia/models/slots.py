@@ -8,28 +8,12 @@ shape is decided from without reading the device or looping over requests.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 
-
-@dataclass(eq=False)
-class SlotStateBase:
-    """What every request's slot state has: its slot, and its position read from the generator's host copy."""
-
-    slot: int
-    _positions: np.ndarray | None = field(default=None, kw_only=True, repr=False)
-    _released_at: int | None = field(default=None, kw_only=True)
-
-    @property
-    def position(self) -> int:
-        """The decoder position fed by the next step (frozen once the slot is released)."""
-        if self._released_at is not None:
-            return self._released_at
-        return int(self._positions[self.slot])
-
+from .protocol import SlotStateBase
 
 S = TypeVar("S", bound=SlotStateBase)
 
@@ -60,6 +44,9 @@ class SlotGenerator(Generic[S]):
         try:
             state = fill(slot)
         except BaseException:
+            # Leave no trace: the slot is free and switched off on the device, whatever fill got to.
+            self.active[slot] = False
+            self._host_position[slot] = 0
             self._free.append(slot)
             self._free.sort()
             raise
@@ -72,12 +59,6 @@ class SlotGenerator(Generic[S]):
 
     def frames(self, state: S, start: int, stop: int) -> torch.Tensor:
         raise NotImplementedError
-
-    def finish(self, state: S) -> torch.Tensor:
-        """All frames of a finished request; frees its slot."""
-        codes = self.frames(state, 0, state.final_frames)
-        self.release(state)
-        return codes
 
     def release(self, state: S) -> None:
         """Free a request's slot (finished or cancelled); it may be reused by the next ``prepare``."""

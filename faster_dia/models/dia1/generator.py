@@ -24,15 +24,16 @@ Decoding rules (reference semantics, transformers' ``DiaForConditionalGeneration
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
+from ..protocol import RequestBase, SlotStateBase
 from ..random import seed_key
-from ..slots import SlotGenerator, SlotStateBase
+from ..slots import SlotGenerator
 from .config import Dia1Config
 from .delay import UNKNOWN, clean_codes, delayed_prompt, revert_delay
 from .model import Dia1Model
@@ -42,7 +43,7 @@ _NO_EOS = 1 << 40
 
 
 @dataclass
-class Dia1Request:
+class Dia1Request(RequestBase):
     """One utterance to generate. ``text`` holds byte tokens (prompt transcript included); ``prompt`` holds
     undelayed DAC codes [T, 9] or is None."""
 
@@ -61,9 +62,7 @@ class SlotState(SlotStateBase):
     request: Dia1Request
     prompt_frames: int
     text_length: int
-    finished: bool = False
     end_position: int | None = None  # channel-0 EOS position, known once finished
-    extra: dict = field(default_factory=dict)
     _delays: tuple[int, ...] = (0,)
 
     @property
@@ -199,7 +198,10 @@ class Dia1Generator(SlotGenerator[SlotState]):
 
     @torch.inference_mode()
     def prepare(self, request: Dia1Request) -> SlotState:
-        prompt_frames, max_new = self.validate(request)
+        """Claim a slot for a request that passed ``validate``."""
+        c = self.config
+        prompt_frames = 0 if request.prompt is None else int(request.prompt.shape[0])
+        max_new = max_new_tokens_limit(c, prompt_frames) if request.max_new_tokens is None else int(request.max_new_tokens)
 
         def fill(slot: int) -> SlotState:
             self._fill_slot(slot, request, prompt_frames)
@@ -255,10 +257,9 @@ class Dia1Generator(SlotGenerator[SlotState]):
     # ------------------------------------------------------------------ stepping
 
     @torch.inference_mode()
-    def step(self, states: list[SlotState] | None = None) -> list[SlotState]:
+    def step(self) -> list[SlotState]:
         """Advance every running request (every prepared slot that has not finished) by one position in one
-        batched decoder call; returns the requests that finished with this step. ``states`` is accepted for
-        callers that track them and is not needed."""
+        batched decoder call; returns the requests that finished with this step."""
         running = self._running_slots()
         if running.size == 0:
             return []
@@ -341,10 +342,6 @@ class Dia1Generator(SlotGenerator[SlotState]):
         self.active[span] = active & ~done
 
     # ------------------------------------------------------------------ results
-
-    def delayed_tokens(self, state: SlotState) -> torch.Tensor:
-        """The request's delayed sequence so far, positions 0 … current (prompt included)."""
-        return self.tokens[state.slot, : state.position + 1].clone()
 
     def frames(self, state: SlotState, start: int, stop: int) -> torch.Tensor:
         """Final audio frames [start, stop) of the request (0 = first generated frame), delay reverted, codes

@@ -15,18 +15,19 @@ A request ends ``flush_tail`` steps after its state machine ran out of words (or
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
+from ..protocol import RequestBase, SlotStateBase
 from ..random import seed_key
-from ..slots import SlotGenerator, SlotStateBase
+from ..slots import SlotGenerator
 from .model import Dia2Model
 from .sampling import STREAMS, choose
-from .text import Entry, TextStateMachine
+from .text import FRAME_RATE, Entry, TextStateMachine
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ FLUSH_EXTRA = 6
 
 
 @dataclass
-class Dia2Request:
+class Dia2Request(RequestBase):
     entries: list[Entry]
     seed: int
     prefix_codes: torch.Tensor | None = None  # [P, 32] aligned Mimi codes of the voice prefix
@@ -60,10 +61,8 @@ class Dia2SlotState(SlotStateBase):
     crop: int  # first aligned frame of the result
     limit: int  # last grid column this request may write
     text: tuple[int, int] = (1, 3)  # (main, second) text tokens fed at ``position``
-    finished: bool = False
     last_column: int | None = None
     hit_limit: bool = False
-    extra: dict = field(default_factory=dict)
     _max_delay: int = 18
 
     @property
@@ -74,9 +73,8 @@ class Dia2SlotState(SlotStateBase):
 
     @property
     def timestamps(self) -> list[tuple[str, float]]:
-        frame_rate = 12.5
         return [
-            (word, round((step - self.crop) / frame_rate, 3))
+            (word, round((step - self.crop) / FRAME_RATE, 3))
             for word, step in self.machine.transcript
             if step >= self.crop
         ]
@@ -154,7 +152,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         prefix = 0 if request.prefix_codes is None else int(request.prefix_codes.shape[0])
         if prefix > self.max_prefix_frames:
             raise InvalidInputError(
-                f"The voice prefixes are {prefix / 12.5:.1f} s long; at most {self.max_prefix_frames / 12.5:.0f} s "
+                f"The voice prefixes are {prefix / FRAME_RATE:.1f} s long; at most {self.max_prefix_frames / FRAME_RATE:.0f} s "
                 "fit in the context.", param="prefix_speaker_1",
             )
         if request.prefix_codes is not None and (
@@ -165,10 +163,16 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         if tokens + request.initial_padding + c.max_delay + FLUSH_EXTRA > c.max_context_steps:
             raise InvalidInputError(
                 f"The script needs at least {tokens} steps of text but the model's context holds "
-                f"{c.max_context_steps} steps ({c.max_context_steps / 12.5:.0f} s); shorten it.", param="input",
+                f"{c.max_context_steps} steps ({c.max_context_steps / FRAME_RATE:.0f} s); shorten it.", param="input",
             )
         if request.max_new_frames is not None and request.max_new_frames < 1:
             raise InvalidInputError("max_new_tokens must be a positive number of frames.", param="max_new_tokens")
+        if request.max_new_frames is not None and request.max_new_frames > c.max_context_steps:
+            raise InvalidInputError(
+                f"max_new_tokens={request.max_new_frames} does not fit: Dia2 generates at most "
+                f"{c.max_context_steps} frames ({c.max_context_steps / FRAME_RATE:.0f} s at {FRAME_RATE} frames per second).",
+                param="max_new_tokens",
+            )
         for name in ("text_temperature", "audio_temperature"):
             if getattr(request, name) < 0:
                 raise InvalidInputError(f"{name} must be >= 0 (0 means greedy).", param=name)
@@ -180,7 +184,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
 
     @torch.inference_mode()
     def prepare(self, request: Dia2Request) -> Dia2SlotState:
-        self.validate(request)
+        """Claim a slot for a request that passed ``validate``."""
         return self._claim(lambda slot: self._fill_slot(slot, request))
 
     def _fill_slot(self, slot: int, request: Dia2Request) -> Dia2SlotState:
@@ -252,9 +256,9 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         return self._dep_caches[rows]
 
     @torch.inference_mode()
-    def step(self, states: list[Dia2SlotState] | None = None) -> list[Dia2SlotState]:
+    def step(self) -> list[Dia2SlotState]:
         """Advance every running request by one frame in one batched call; returns the requests that finished
-        with it. ``states`` is accepted for callers that track them and is not needed.
+        with it.
 
         The host part is the text state machine of each running request (the reference's design: the next
         step's text tokens depend on this step's action through the script's words)."""

@@ -1,0 +1,163 @@
+"""``faster_dia.load``: a checkpoint's files → the family that recognises its config → a loaded model.
+
+The registry is the list :data:`FAMILIES`: each entry is a family package with ``FAMILY`` (its name),
+``recognizes(config) -> bool`` and ``load(model, **options)``. Importing a family package costs nothing;
+its heavy modules are imported by its ``load``. config.json is read once, here, before torch is imported, so
+a missing model is reported at once.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .errors import CheckpointError, InvalidInputError
+from .hub import open_repo
+
+if TYPE_CHECKING:
+    import torch
+
+    from .speech import SpeechModel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
+
+#: The model families, in the order their ``recognizes`` is asked. A new family is one package and one line.
+FAMILIES = (
+    "faster_dia.models.dia2",
+    "faster_dia.models.dia1",
+)
+
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+#: Requests decoded together by default off CUDA, and at most by default on CUDA.
+DEFAULT_MAX_BATCH_CPU = 4
+DEFAULT_MAX_BATCH_CUDA_LIMIT = 64
+
+
+def family_of(config: Any, source: str) -> Any:
+    """The family package whose ``recognizes`` accepts ``config`` (a parsed config.json)."""
+    if isinstance(config, dict):
+        for name in FAMILIES:
+            family = importlib.import_module(name)
+            if family.recognizes(config):
+                return family
+    known = ", ".join(importlib.import_module(name).FAMILY for name in FAMILIES)
+    raise CheckpointError(f"{source} is not the config of a supported model family ({known}).")
+
+
+def read_config(model: str | os.PathLike, revision: str | None = None) -> tuple[dict[str, Any], str]:
+    """The parsed config.json of a model reference, and its path (for messages)."""
+    path = open_repo(model, revision=revision).get("config.json")
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), str(path)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    import torch
+
+    if device is not None:
+        try:
+            return torch.device(device)
+        except (RuntimeError, TypeError) as exc:
+            raise InvalidInputError(f"Unknown device {device!r}: {exc}", param="device") from exc
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_dtype_name(dtype: Any) -> None:
+    """Refuse an unknown dtype name before anything is loaded."""
+    if isinstance(dtype, str) and dtype not in DTYPE_NAMES:
+        raise InvalidInputError(f"Unsupported dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}.", param="dtype")
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    import torch
+
+    dtypes = {name: getattr(torch, name) for name in DTYPE_NAMES}
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype in dtypes.values():
+            return dtype
+        raise InvalidInputError(f"Unsupported dtype {dtype}; use one of {', '.join(dtypes)}.", param="dtype")
+    check_dtype_name(dtype)
+    if dtype not in dtypes:
+        raise InvalidInputError(f"Unsupported dtype {dtype!r}; use one of {', '.join(dtypes)}.", param="dtype")
+    return dtypes[dtype]
+
+
+def max_batch_for_memory(free_bytes: int, per_request_bytes: int) -> int:
+    """Batch slots whose caches fit in half of ``free_bytes`` (the rest is left for activations, the codec and
+    other processes): a multiple of 8 from 8 up, at least 1, at most DEFAULT_MAX_BATCH_CUDA_LIMIT."""
+    slots = int(free_bytes // 2 // max(per_request_bytes, 1))
+    if slots >= 8:
+        slots -= slots % 8
+    return max(1, min(slots, DEFAULT_MAX_BATCH_CUDA_LIMIT))
+
+
+def default_max_batch(device: torch.device, per_request_bytes: int) -> int:
+    """The ``max_batch`` used when none is given: sized to the GPU's free memory on CUDA, 4 elsewhere."""
+    import torch
+
+    if device.type != "cuda":
+        return DEFAULT_MAX_BATCH_CPU
+    free, _ = torch.cuda.mem_get_info(device)
+    return max_batch_for_memory(free, per_request_bytes)
+
+
+def check_load_options(*, dtype: Any = None, max_batch: Any = None, max_queue: Any = None,
+                       cuda_graphs: Any = None) -> None:
+    """The checks of ``load``'s options that need neither torch nor the model, for callers (the command line,
+    the server) that want to refuse bad options before loading anything."""
+    check_dtype_name(dtype)
+    if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+        raise InvalidInputError(f"cuda_graphs must be True, False or None, got {cuda_graphs!r}.", param="cuda_graphs")
+    if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
+        raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
+    if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0):
+        raise InvalidInputError(f"max_queue must be 0 or a positive integer, got {max_queue!r}.", param="max_queue")
+
+
+def load(
+    model: str | os.PathLike = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    codec: str | os.PathLike | None = None,
+    revision: str | None = None,
+    codec_revision: str | None = None,
+    max_batch: int | None = None,
+    max_queue: int | None = None,
+    cuda_graphs: bool | None = None,
+) -> SpeechModel:
+    """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate. The family is read
+    from config.json: Dia-1.6B checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2
+    checkpoints Mimi (``kyutai/mimi``).
+
+    ``max_batch`` is how many requests are decoded together (caches for that many are allocated once;
+    default: on CUDA as many as half the free GPU memory holds after loading, up to 64; 4 elsewhere);
+    ``max_queue`` bounds the requests waiting for a slot (default 16 per slot, at least 64). ``cuda_graphs``
+    replays each decode step shape as a CUDA graph (default: on for CUDA devices; CUDA only)."""
+    check_load_options(dtype=dtype, max_batch=max_batch, max_queue=max_queue, cuda_graphs=cuda_graphs)
+    config, source = read_config(model, revision)
+    family = family_of(config, source)
+
+    from .models.graphs import resolve_mode
+
+    dev = pick_device(device)
+    if cuda_graphs and dev.type != "cuda":
+        raise InvalidInputError(f"CUDA graphs need a CUDA device; the model would run on {dev.type}.",
+                                param="cuda_graphs")
+    return family.load(model, revision=revision, device=dev, dtype=pick_dtype(dtype, dev), codec=codec,
+                       codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
+                       step_mode=resolve_mode(dev, cuda_graphs))

@@ -1,0 +1,463 @@
+"""What every text-to-speech family's front door shares: results, streams (blocking and asyncio), progress,
+the coercion of prompt audio, the parameter checks, and :class:`SpeechModel`, the base of the families'
+classes (Dia-1.6B in models/dia1/tts.py, Dia2 in models/dia2/tts.py).
+
+A family class declares its options once, as the keyword parameters of its ``generate``; ``stream``,
+``astream`` and ``agenerate`` take the same options (checked against that signature) and share everything
+else here. The engine owns the model; this layer turns a call into requests, and codes into audio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import os
+import queue
+import secrets
+import time
+import wave
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine import Engine, Submission
+from .errors import InvalidInputError
+
+# ---------------------------------------------------------------------- results
+
+
+@dataclass
+class Speech:
+    """One generated utterance."""
+
+    audio: np.ndarray  # float32 mono in [-1, 1]
+    sample_rate: int
+    codes: np.ndarray  # [frames, codebooks] codec codes, delay reverted, prompt excluded
+    seed: int
+    timestamps: list[tuple[str, float]] | None = None  # Dia2: (word, start in seconds)
+
+    @property
+    def duration(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a 16-bit PCM WAV file."""
+        path = Path(path)
+        pcm = (np.clip(self.audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
+        with wave.open(str(path), "wb") as out:
+            out.setnchannels(1)
+            out.setsampwidth(2)
+            out.setframerate(self.sample_rate)
+            out.writeframes(pcm.tobytes())
+        return path
+
+
+@dataclass
+class Progress:
+    """Handed to a ``progress`` callback while a call generates."""
+
+    frames: int  # final audio frames so far, all requests of the call together
+    seconds_of_audio: float
+    elapsed: float
+
+    @property
+    def real_time_factor(self) -> float:
+        return self.seconds_of_audio / self.elapsed if self.elapsed > 0 else 0.0
+
+
+# ---------------------------------------------------------------------- the output stage's worker pool
+
+#: Threads that decode codec frames for asyncio consumers (and that the server encodes audio in): a few,
+#: whatever the number of concurrent streams, so a server holds a bounded number of threads.
+OUTPUT_WORKERS = max(2, min(4, os.cpu_count() or 2))
+_pool: ThreadPoolExecutor | None = None
+
+
+def output_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(OUTPUT_WORKERS, thread_name_prefix="faster-dia-output")
+    return _pool
+
+
+async def in_output_pool(function: Callable[..., Any], *args: Any) -> Any:
+    """Run ``function(*args)`` in the output worker pool and await its result."""
+    return await asyncio.get_running_loop().run_in_executor(output_pool(), partial(function, *args))
+
+
+# ---------------------------------------------------------------------- parameter checks
+
+
+def check_number(name: str, value: Any, low: float, high: float, *, low_open: bool = False) -> float:
+    """A finite real in [low, high] (or (low, high] with ``low_open``), else InvalidInputError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidInputError(f"{name} must be a number, got {value!r}.", param=name)
+    number = float(value)
+    if not math.isfinite(number) or number > high or number < low or (low_open and number == low):
+        bound = f"({low:g}, {high:g}]" if low_open else f"[{low:g}, {high:g}]"
+        raise InvalidInputError(f"{name} must be in {bound}, got {value!r}.", param=name)
+    return number
+
+
+def check_integer(name: str, value: Any, low: int, high: int) -> int:
+    """An integer in [low, high], else InvalidInputError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidInputError(f"{name} must be an integer, got {value!r}.", param=name)
+    if not low <= int(value) <= high:
+        raise InvalidInputError(f"{name} must be between {low} and {high}, got {value}.", param=name)
+    return int(value)
+
+
+#: Seeds are folded into the random key as 64-bit numbers.
+MAX_SEED = (1 << 64) - 1
+
+
+def resolve_seed(seed: Any) -> int:
+    """A seed in [0, 2**64 - 1], or a random 32-bit one for None."""
+    if seed is None:
+        return secrets.randbits(32)
+    return check_integer("seed", seed, 0, MAX_SEED)
+
+
+def per_item(value: Any, n: int, name: str, *, offset_ints: bool = False) -> list[Any]:
+    """One value per script of a batch: a list as given (length checked) or one value repeated (an integer
+    seed counting up with ``offset_ints``)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise InvalidInputError(f"{name} has {len(value)} entries for {n} scripts.", param=name)
+        return list(value)
+    if offset_ints and value is not None:
+        return [value + i if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else value
+                for i in range(n)]
+    return [value] * n
+
+
+# ---------------------------------------------------------------------- prompt audio
+
+
+@dataclass
+class PromptAudio:
+    """A voice prompt after coercion: its codec codes, and its samples when it was given as audio."""
+
+    codes: torch.Tensor  # [frames, codebooks]
+    pcm: np.ndarray | None  # float32 mono at the codec's rate; None when codes were given
+
+
+def coerce_prompt_audio(value: Any, codec: Any, *, param: str, sample_rate: int | None,
+                        rate_param: str) -> PromptAudio:
+    """A voice prompt from a path, encoded file bytes, a float array (``sample_rate`` required, given as the
+    option ``rate_param``) or integer codec codes ``[frames, codebooks]``, as codes of ``codec`` (and its
+    samples when it was audio)."""
+    if isinstance(value, (str, os.PathLike, bytes, bytearray)):
+        from .audio import decode_audio
+
+        pcm, _ = decode_audio(bytes(value) if isinstance(value, bytearray) else value,
+                              sample_rate=codec.sample_rate, param=param)
+        return PromptAudio(codec.encode(pcm), pcm)
+    array = value.detach().cpu() if isinstance(value, torch.Tensor) else np.asarray(value)
+    if isinstance(array, torch.Tensor):
+        is_codes = not array.is_floating_point()
+        array = array.numpy()
+    else:
+        is_codes = np.issubdtype(array.dtype, np.integer)
+    if is_codes:
+        if array.ndim != 2 or array.shape[1] != codec.num_codebooks:
+            raise InvalidInputError(
+                f"Voice prompt codes must have shape [frames, {codec.num_codebooks}], got {list(array.shape)}.",
+                param=param,
+            )
+        if array.size and (array.min() < 0 or array.max() >= codec.codebook_size):
+            raise InvalidInputError(f"Voice prompt codes must lie in 0..{codec.codebook_size - 1}.", param=param)
+        return PromptAudio(torch.as_tensor(array, dtype=torch.long), None)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise InvalidInputError("A voice prompt array must hold float audio or integer codes.", param=param)
+    if sample_rate is None:
+        raise InvalidInputError(f"{param} given as an audio array needs its sample rate ({rate_param}).",
+                                param=rate_param)
+    if array.ndim == 2:
+        # [channels, samples] or [samples, channels]: average the shorter axis away.
+        array = array.mean(axis=0 if array.shape[0] < array.shape[1] else 1)
+    if array.ndim != 1:
+        raise InvalidInputError("A voice prompt array must be mono or stereo audio.", param=param)
+    pcm = array.astype(np.float32)
+    if sample_rate != codec.sample_rate:
+        from .audio import resample
+
+        pcm = resample(pcm, sample_rate, codec.sample_rate)
+    return PromptAudio(codec.encode(pcm), pcm)
+
+
+# ---------------------------------------------------------------------- streams
+
+
+class _StreamBase:
+    """One request's audio, delivered in chunks while it is generated (shared by both stream kinds)."""
+
+    def __init__(self, tts: SpeechModel, request: Any, *, input_tokens: int, chunk_frames: int):
+        self._tts = tts
+        self.request = request
+        self.seed = request.seed
+        self.sample_rate = tts.sample_rate
+        self.input_tokens = input_tokens
+        self.chunk_frames = chunk_frames
+        self.frames = 0
+        self.state = None  # the finished request's slot state
+        self.words: list[tuple[str, float]] = []  # Dia2: (word, start s) as decided so far
+        self._decoder = tts.codec.incremental_decoder()
+        self._ended = False
+        # Submitted at once: the request is validated and queued (or refused) now, not at the first chunk.
+        (self._submission,) = tts.engine.submit([request], chunk_frames=chunk_frames)
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self._tts.frame_rate
+
+    @property
+    def submission(self) -> Submission:
+        return self._submission
+
+    def _decode(self, event: tuple) -> np.ndarray:
+        """Audio for one engine event (maybe empty); raises the request's error."""
+        kind, payload = event
+        sub = self._submission
+        self.frames = sub.frames
+        if sub.state is not None:
+            self.words = self._tts._words(sub.state)
+        if kind == "error":
+            self._ended = True
+            raise payload
+        audio = self._decoder.push(payload) if kind == "frames" else self._decoder.flush()
+        if kind == "done":
+            self._ended = True
+            self.state = sub.state
+        return np.clip(audio, -1.0, 1.0)
+
+    def _cancel(self) -> None:
+        self._ended = True
+        self._submission.cancel()  # no-op once done; frees the slot when the consumer stops early
+
+    def __del__(self) -> None:
+        submission = getattr(self, "_submission", None)
+        if submission is not None:
+            submission.cancel()
+
+
+class SpeechStream(_StreamBase):
+    """Iterate for float32 mono chunks (blocking); ``close()`` (or leaving the iteration early and dropping
+    the stream) cancels the generation and frees its slot."""
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        try:
+            while not self._ended:
+                audio = self._decode(self._submission.events.get())
+                if audio.size:
+                    return audio
+        except BaseException:
+            self._cancel()
+            raise
+        raise StopIteration
+
+    def close(self) -> None:
+        self._cancel()
+
+
+class AsyncSpeechStream(_StreamBase):
+    """``async for`` float32 mono chunks, without a thread per stream: events are awaited on the event loop
+    and codec decoding runs in the shared output pool. ``await aclose()`` cancels."""
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> np.ndarray:
+        try:
+            while not self._ended:
+                event = await self._submission.events.aget()
+                audio = await in_output_pool(self._decode, event)
+                if audio.size:
+                    return audio
+        except BaseException:
+            self._cancel()
+            raise
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._cancel()
+
+    def close(self) -> None:
+        self._cancel()
+
+
+# ---------------------------------------------------------------------- the family base
+
+
+class SpeechModel:
+    """What every loaded text-to-speech family shares: the engine that owns the model, the codec, results
+    and streams. ``generate`` and ``stream`` are safe to call from many threads at once, ``agenerate`` and
+    ``astream`` from many asyncio tasks: concurrent calls are decoded together by the one engine thread.
+
+    A family implements ``generate`` (its options as keyword parameters), ``_requests(scripts, options)``,
+    ``openai_options(fields)`` and, optionally, ``_words(state)``."""
+
+    family = ""  # registry name: "dia1", "dia2"
+    #: Audio per streamed chunk when the caller says nothing.
+    default_chunk_seconds = 0.37
+
+    def __init__(self, model, codec, generator, *, model_id: str, variant: str, max_queue: int | None = None):
+        self.model = model
+        self.codec = codec
+        self.model_id = model_id
+        self.variant = variant
+        self.config = model.config
+        self.engine = Engine(generator, max_queue=max_queue)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    def close(self) -> None:
+        """Stop the engine thread (requests still running end with CancelledError)."""
+        self.engine.close()
+
+    # ------------------------------------------------------------------ family hooks
+
+    def _requests(self, scripts: list[str], options: dict[str, Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def openai_options(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """Options for this family from the fields of an OpenAI-shaped speech request (``temperature``,
+        ``top_p``, ``top_k``, ``cfg_scale``, ``max_new_tokens``, ``seed``; each may be absent). Fields that do
+        not apply to the family are dropped, so clients that always send them keep working."""
+        raise NotImplementedError
+
+    def _words(self, state: Any) -> list[tuple[str, float]]:
+        return []
+
+    def _input_tokens(self, request: Any) -> int:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ options
+
+    @classmethod
+    def option_defaults(cls) -> dict[str, Any]:
+        """The options ``generate`` takes (besides the script and ``progress``) with their defaults."""
+        parameters = inspect.signature(cls.generate).parameters
+        return {name: p.default for name, p in parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "progress"}
+
+    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
+        defaults = self.option_defaults()
+        unknown = sorted(set(options) - set(defaults))
+        if unknown:
+            raise InvalidInputError(
+                f"Unknown option(s) for {type(self).__name__}: {', '.join(unknown)}.", param=unknown[0])
+        return {**defaults, **options}
+
+    def _chunk_frames(self, chunk_seconds: float | None, chunk_frames: int | None) -> int:
+        if chunk_frames is not None:
+            return check_integer("chunk_frames", chunk_frames, 1, 1 << 20)
+        seconds = self.default_chunk_seconds if chunk_seconds is None else \
+            check_number("chunk_seconds", chunk_seconds, 0.0, 3600.0, low_open=True)
+        return max(1, round(seconds * self.frame_rate))
+
+    def _scripts(self, script: str | Sequence[str]) -> tuple[list[str], bool]:
+        single = isinstance(script, str)
+        scripts = [script] if single else list(script)
+        if not scripts:
+            raise InvalidInputError("No script given.", param="input")
+        return scripts, single
+
+    # ------------------------------------------------------------------ calls
+
+    def _generate(self, script: str | Sequence[str], options: dict[str, Any],
+                  progress: Callable[[Progress], None] | None) -> Speech | list[Speech]:
+        scripts, single = self._scripts(script)
+        requests = self._requests(scripts, self._options(options))
+        submissions = self.engine.submit(requests)
+        start = time.perf_counter()
+        results: list[Speech] = []
+        try:
+            for sub in submissions:
+                while True:
+                    try:
+                        kind, payload = sub.events.get(timeout=0.1 if progress is not None else None)
+                    except queue.Empty:
+                        frames = sum(s.frames for s in submissions)
+                        progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+                        continue
+                    if kind == "error":
+                        raise payload
+                    results.append(self._speech(payload, sub))
+                    break
+            if progress is not None:
+                frames = sum(len(s.codes) for s in results)
+                progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
+        finally:
+            for sub in submissions:
+                sub.cancel()
+        return results[0] if single else results
+
+    async def agenerate(self, script: str | Sequence[str], **options: Any) -> Speech | list[Speech]:
+        """``generate`` for asyncio: awaits the engine without a thread, decodes in the output pool."""
+        scripts, single = self._scripts(script)
+        requests = self._requests(scripts, self._options(options))
+        submissions = self.engine.submit(requests)
+        results = []
+        try:
+            for sub in submissions:
+                kind, payload = await sub.events.aget()
+                if kind == "error":
+                    raise payload
+                results.append(await in_output_pool(self._speech, payload, sub))
+        finally:
+            for sub in submissions:
+                sub.cancel()
+        return results[0] if single else results
+
+    def stream(self, script: str, *, chunk_seconds: float | None = None, chunk_frames: int | None = None,
+               **options: Any) -> SpeechStream:
+        """Like ``generate`` for one script, but returns a :class:`SpeechStream` that yields audio chunks as
+        frames become final. ``chunk_seconds`` sets how much audio each chunk carries at least (or
+        ``chunk_frames`` in codec frames). The request is queued at once; close the stream to cancel it."""
+        return self._open(SpeechStream, script, chunk_seconds, chunk_frames, options)
+
+    def astream(self, script: str, *, chunk_seconds: float | None = None, chunk_frames: int | None = None,
+                **options: Any) -> AsyncSpeechStream:
+        """``stream`` for asyncio consumers: ``async for chunk in tts.astream(...)``."""
+        return self._open(AsyncSpeechStream, script, chunk_seconds, chunk_frames, options)
+
+    def _open(self, kind: type[_StreamBase], script: Any, chunk_seconds: float | None, chunk_frames: int | None,
+              options: dict[str, Any]) -> Any:
+        if not isinstance(script, str):
+            raise InvalidInputError("stream() takes one script; use generate() for a batch.", param="input")
+        frames = self._chunk_frames(chunk_seconds, chunk_frames)
+        (request,) = self._requests([script], self._options(options))
+        return kind(self, request, input_tokens=self._input_tokens(request), chunk_frames=frames)
+
+    def _speech(self, codes: torch.Tensor, submission: Submission) -> Speech:
+        return Speech(audio=np.clip(self.codec.decode(codes), -1.0, 1.0), sample_rate=self.sample_rate,
+                      codes=codes.numpy(), seed=submission.request.seed,
+                      timestamps=self._words(submission.state) if self._has_words else None)
+
+    _has_words = False
