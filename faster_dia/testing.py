@@ -769,3 +769,18 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Te
 def _swiglu(x: torch.Tensor, wi_fused: torch.Tensor, wo: torch.Tensor) -> torch.Tensor:
     fused = _dense(x, wi_fused)
     return _dense(torch.nn.functional.silu(fused[..., 0, :]) * fused[..., 1, :], wo)
+
+
+# ---------------------------------------------------------------------- generator helpers for tests
+
+
+def finish(generator, state):
+    """All codes of a finished request (as the engine reports them), then its slot freed."""
+    codes = generator.frames(state, 0, state.final_frames)
+    generator.release(state)
+    return codes
+
+
+def delayed_tokens(generator, state):
+    """A Dia-1.6B request's delayed token sequence so far, positions 0 … current (prompt included)."""
+    return generator.tokens[state.slot, : state.position + 1].clone()
