@@ -181,7 +181,7 @@ def test_original_checkpoint_rotates_cross_attention_and_0626_does_not():
 
 
 def test_rope_hand_worked():
-    from faster_dia.models.dia1.model import apply_rope, rope_cos_sin
+    from faster_dia.models.layers import apply_rope, rope_cos_sin
 
     # head_dim 4, theta 10000: frequencies 1 and 1/100; the halves (1, 2) and (3, 4) rotate as pairs.
     x = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 1, 4)

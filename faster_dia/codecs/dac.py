@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import load_transformers_codec
+from . import TransformersCodec
 from .incremental import IncrementalDecoder
 
 log = logging.getLogger(__name__)
@@ -17,28 +16,20 @@ log = logging.getLogger(__name__)
 DEFAULT_DAC = "descript/dac_44khz"
 
 
-class DacCodec:
+class DacCodec(TransformersCodec):
+    transformers_class = "DacModel"
+    label = "DAC"
+    model_type = "dac"
+    needed_by = "Dia-1.6B"
+    default_repo = DEFAULT_DAC
+
     def __init__(self, model, *, name: str):
-        self.model = model.eval()
-        self.name = name
+        super().__init__(model, name=name)
         cfg = model.config
         self.sample_rate = int(cfg.sampling_rate)
         self.hop_length = int(np.prod(cfg.downsampling_ratios))
         self.num_codebooks = int(cfg.n_codebooks)
         self.codebook_size = int(cfg.codebook_size)
-
-    @classmethod
-    def load(
-        cls, codec: str | os.PathLike | None = None, *, revision: str | None = None, device: str | torch.device = "cpu"
-    ) -> DacCodec:
-        from transformers import DacModel
-
-        model, name = load_transformers_codec(DacModel, codec or DEFAULT_DAC, revision=revision, device=device, label="DAC")
-        return cls(model, name=name)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     @property
     def frame_rate(self) -> float:

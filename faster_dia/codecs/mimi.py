@@ -6,47 +6,48 @@ Dia2 uses all 32 codebooks. Decoded audio is clamped to [-1, 1], as the Dia2 ref
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
 
 from ..errors import InvalidInputError
-from . import load_transformers_codec
+from . import TransformersCodec
 from .incremental import IncrementalDecoder
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MIMI = "kyutai/mimi"
 
+#: Newer transformers nest Mimi's halves (``encoder.encoder_seanet.layers…``, ``decoder.decoder_transformer…``)
+#: and rename on load; the published kyutai/mimi file (and ``save_pretrained``) keeps the flat names of the
+#: original port (``encoder.layers…``, ``decoder_transformer…``). Model name prefix -> file name prefix; with
+#: transformers that still use the flat names, none matches.
+FILE_PREFIXES = (
+    ("encoder.encoder_seanet.", "encoder."),
+    ("encoder.encoder_transformer.", "encoder_transformer."),
+    ("encoder.downsample.", "downsample."),
+    ("decoder.upsample.", "upsample."),
+    ("decoder.decoder_transformer.", "decoder_transformer."),
+    ("decoder.decoder_seanet.", "decoder."),
+)
 
-class MimiCodec:
+
+class MimiCodec(TransformersCodec):
+    transformers_class = "MimiModel"
+    label = "Mimi"
+    model_type = "mimi"
+    needed_by = "Dia2"
+    default_repo = DEFAULT_MIMI
+    file_prefixes = FILE_PREFIXES
+
     def __init__(self, model, *, name: str):
-        self.model = model.eval()
-        self.name = name
+        super().__init__(model, name=name)
         cfg = model.config
         self.sample_rate = int(cfg.sampling_rate)
         self.frame_rate = float(cfg.frame_rate)
         self.hop_length = round(self.sample_rate / self.frame_rate)
         self.num_codebooks = int(cfg.num_quantizers)
         self.codebook_size = int(cfg.codebook_size)
-
-    @classmethod
-    def load(
-        cls,
-        codec: str | os.PathLike | None = None,
-        *,
-        revision: str | None = None,
-        device: str | torch.device = "cpu",
-    ) -> MimiCodec:
-        from transformers import MimiModel
-
-        model, name = load_transformers_codec(MimiModel, codec or DEFAULT_MIMI, revision=revision, device=device, label="Mimi")
-        return cls(model, name=name)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
 
     def incremental_decoder(self) -> IncrementalDecoder:
         # Mimi's decoder is causal (no look-ahead) but its transformer reaches back a sliding window of

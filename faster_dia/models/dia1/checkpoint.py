@@ -19,7 +19,6 @@ must be present with its expected shape and nothing else may be there.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, fields
@@ -30,8 +29,19 @@ import torch
 
 from faster_dia.errors import CheckpointError, ModelNotFoundError
 from faster_dia.hub import Repo, open_repo
+from faster_dia.models.checkpoint_io import (
+    CONFIG_FILE,
+    SAFETENSORS_FILE,
+    ConfigProblems,
+    ConfigReader,
+    check_tensors,
+    json_object,
+    name_list,
+    read_json,
+    read_safetensors,
+    read_torch_state_dict,
+)
 from faster_dia.models.dia1.config import VARIANT_0626, VARIANT_ORIGINAL, Dia1Config
-from faster_dia.models.weights import check_tensors, name_list
 
 LAYOUT_NARI_SAFETENSORS = "nari-safetensors"
 LAYOUT_NARI_PTH = "nari-pth"
@@ -41,9 +51,7 @@ LAYOUT_HF_SAFETENSORS = "hf-safetensors"
 #: ``save_pretrained(safe_serialization=False)`` writes).
 LAYOUT_HF_BIN = "hf-bin"
 
-CONFIG_FILE = "config.json"
 INDEX_FILE = "model.safetensors.index.json"
-SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
 PTH_FILE = "dia-v0_1.pth"
 #: Weight files in order of preference.
@@ -80,24 +88,17 @@ class LoadedCheckpoint:
 # Config
 # --------------------------------------------------------------------------------------------------------
 
-_REQUIRED = object()
 _DEFAULTS = {f.name: f.default for f in fields(Dia1Config) if f.name != "variant"}
 
 
 def read_config(path: str | os.PathLike) -> Dia1Config:
     """Read a Dia-1.6B ``config.json`` of either schema."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"The model config {path} cannot be read as JSON ({exc}).") from exc
-    return parse_config(raw, source=str(path))
+    return parse_config(read_json(path, "model config"), source=str(path))
 
 
 def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia1Config:
     """Turn a parsed ``config.json`` (nari v0.1 schema or transformers ``DiaConfig``) into a :class:`Dia1Config`."""
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"The model config {source} is not a JSON object.")
+    raw = json_object(raw, "model config", source)
     if "encoder_config" in raw or "decoder_config" in raw:
         config = _parse_dia_config(raw, source)
     elif "model" in raw and "data" in raw:
@@ -112,52 +113,17 @@ def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia1Config:
     return config
 
 
-def _block(parent: dict, key: str, where: str, source: str) -> dict:
-    value = parent.get(key)
-    if not isinstance(value, dict):
-        raise CheckpointError(f"The model config {source} has no '{where}{key}' block.")
-    return value
-
-
-def _value(block: dict, key: str, where: str, source: str, kind: type, default: Any = _REQUIRED) -> Any:
-    value = block.get(key)
-    if value is None:
-        if default is _REQUIRED:
-            raise CheckpointError(f"The model config {source} lacks the field '{where}{key}'.")
-        return default
-    if kind in (int, float):
-        # bool is an int subclass; a bool where a number belongs is a broken file, not a number.
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            ok = False
-    else:
-        ok = isinstance(value, kind)
-    if not ok:
-        raise CheckpointError(
-            f"The model config {source} has '{where}{key}' = {value!r}, expected a {kind.__name__}."
-        )
-    return kind(value)
-
-
-def _token_id(value: Any, name: str, source: str) -> int:
-    # transformers allows eos_token_id to be a list; Dia has exactly one of each.
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise CheckpointError(f"The model config {source} has {name} = {value!r}, expected one integer.")
-    return value
-
-
 def _parse_nari_config(raw: dict, source: str) -> Dia1Config:
     version = raw.get("version")
     if str(version) != "0.1":
         raise CheckpointError(
             f"The model config {source} has the nari schema with version {version!r}; only version '0.1' is supported."
         )
-    model = _block(raw, "model", "", source)
-    encoder = _block(model, "encoder", "model.", source)
-    decoder = _block(model, "decoder", "model.", source)
-    data = _block(raw, "data", "", source)
+    r = ConfigReader(source)
+    model = r.block(raw, "model", "")
+    encoder = r.block(model, "encoder", "model.")
+    decoder = r.block(model, "decoder", "model.")
+    data = r.block(raw, "data", "")
 
     for where, block in (("model.encoder.", encoder), ("model.decoder.", decoder)):
         activations = block.get("mlp_activations", ["silu", "linear"])
@@ -166,65 +132,55 @@ def _parse_nari_config(raw: dict, source: str) -> Dia1Config:
                 f"The model config {source} has '{where}mlp_activations' = {activations!r}; "
                 "only ['silu', 'linear'] (SwiGLU) is supported."
             )
-    rope_min = _value(model, "rope_min_timescale", "model.", source, float, 1.0)
+    rope_min = r.value(model, "rope_min_timescale", "model.", float, 1.0)
     if rope_min != 1.0:
         raise CheckpointError(
             f"The model config {source} has 'model.rope_min_timescale' = {rope_min}; only 1 is supported."
         )
 
-    enc_heads = _value(encoder, "n_head", "model.encoder.", source, int)
-    cross_heads = _value(decoder, "cross_query_heads", "model.decoder.", source, int)
+    enc_heads = r.value(encoder, "n_head", "model.encoder.", int)
+    cross_heads = r.value(decoder, "cross_query_heads", "model.decoder.", int)
     return Dia1Config(
         variant=VARIANT_ORIGINAL,
-        encoder_layers=_value(encoder, "n_layer", "model.encoder.", source, int),
-        encoder_hidden_size=_value(encoder, "n_embd", "model.encoder.", source, int),
-        encoder_intermediate_size=_value(encoder, "n_hidden", "model.encoder.", source, int),
+        encoder_layers=r.value(encoder, "n_layer", "model.encoder.", int),
+        encoder_hidden_size=r.value(encoder, "n_embd", "model.encoder.", int),
+        encoder_intermediate_size=r.value(encoder, "n_hidden", "model.encoder.", int),
         encoder_heads=enc_heads,
         # The nari encoder is plain MHA: no separate KV head count in this schema.
         encoder_kv_heads=enc_heads,
-        encoder_head_dim=_value(encoder, "head_dim", "model.encoder.", source, int),
+        encoder_head_dim=r.value(encoder, "head_dim", "model.encoder.", int),
         # 128 is the nari code's default; the published file always sets 256.
-        text_vocab_size=_value(model, "src_vocab_size", "model.", source, int, 128),
-        text_length=_value(data, "text_length", "data.", source, int),
-        decoder_layers=_value(decoder, "n_layer", "model.decoder.", source, int),
-        decoder_hidden_size=_value(decoder, "n_embd", "model.decoder.", source, int),
-        decoder_intermediate_size=_value(decoder, "n_hidden", "model.decoder.", source, int),
-        decoder_heads=_value(decoder, "gqa_query_heads", "model.decoder.", source, int),
-        decoder_kv_heads=_value(decoder, "kv_heads", "model.decoder.", source, int),
-        decoder_head_dim=_value(decoder, "gqa_head_dim", "model.decoder.", source, int),
+        text_vocab_size=r.value(model, "src_vocab_size", "model.", int, 128),
+        text_length=r.value(data, "text_length", "data.", int),
+        decoder_layers=r.value(decoder, "n_layer", "model.decoder.", int),
+        decoder_hidden_size=r.value(decoder, "n_embd", "model.decoder.", int),
+        decoder_intermediate_size=r.value(decoder, "n_hidden", "model.decoder.", int),
+        decoder_heads=r.value(decoder, "gqa_query_heads", "model.decoder.", int),
+        decoder_kv_heads=r.value(decoder, "kv_heads", "model.decoder.", int),
+        decoder_head_dim=r.value(decoder, "gqa_head_dim", "model.decoder.", int),
         cross_heads=cross_heads,
         # Cross-attention K/V use cross_query_heads too (plain MHA).
         cross_kv_heads=cross_heads,
-        cross_head_dim=_value(decoder, "cross_head_dim", "model.decoder.", source, int),
-        audio_vocab_size=_value(model, "tgt_vocab_size", "model.", source, int, 1028),
-        audio_length=_value(data, "audio_length", "data.", source, int),
-        channels=_value(data, "channels", "data.", source, int, 9),
-        norm_eps=_value(model, "normalization_layer_epsilon", "model.", source, float, 1e-5),
-        rope_theta=_value(model, "rope_max_timescale", "model.", source, float, 10000.0),
-        delay_pattern=_delay_pattern(data.get("delay_pattern"), "data.delay_pattern", source),
-        eos_token_id=_value(data, "audio_eos_value", "data.", source, int, 1024),
-        pad_token_id=_value(data, "audio_pad_value", "data.", source, int, 1025),
-        bos_token_id=_value(data, "audio_bos_value", "data.", source, int, 1026),
-        text_pad_token_id=_value(data, "text_pad_value", "data.", source, int, 0),
+        cross_head_dim=r.value(decoder, "cross_head_dim", "model.decoder.", int),
+        audio_vocab_size=r.value(model, "tgt_vocab_size", "model.", int, 1028),
+        audio_length=r.value(data, "audio_length", "data.", int),
+        channels=r.value(data, "channels", "data.", int, 9),
+        norm_eps=r.value(model, "normalization_layer_epsilon", "model.", float, 1e-5),
+        rope_theta=r.value(model, "rope_max_timescale", "model.", float, 10000.0),
+        delay_pattern=r.int_list(data, "delay_pattern", "data.", _DEFAULTS["delay_pattern"]),
+        eos_token_id=r.value(data, "audio_eos_value", "data.", int, 1024),
+        pad_token_id=r.value(data, "audio_pad_value", "data.", int, 1025),
+        bos_token_id=r.value(data, "audio_bos_value", "data.", int, 1026),
+        text_pad_token_id=r.value(data, "text_pad_value", "data.", int, 0),
     )
 
 
-def _delay_pattern(value: Any, where: str, source: str) -> tuple[int, ...]:
-    if value is None:
-        return tuple(_DEFAULTS["delay_pattern"])
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in value):
-        raise CheckpointError(
-            f"The model config {source} has '{where}' = {value!r}, expected a list of integers."
-        )
-    return tuple(value)
-
-
-def _rope_theta(block: dict, where: str, source: str) -> float:
+def _rope_theta(r: ConfigReader, block: dict, where: str) -> float:
     # transformers 4.53 writes rope_theta + rope_scaling; v5 writes rope_parameters {"rope_type", "rope_theta"}.
     params = block.get("rope_parameters")
     if params is not None:
         if not isinstance(params, dict):
-            raise CheckpointError(f"The model config {source} has '{where}rope_parameters' = {params!r}.")
+            raise CheckpointError(f"The model config {r.source} has '{where}rope_parameters' = {params!r}.")
         rope_type = params.get("rope_type", params.get("type", "default"))
         theta = params.get("rope_theta", block.get("rope_theta", 10000.0))
     else:
@@ -237,9 +193,9 @@ def _rope_theta(block: dict, where: str, source: str) -> float:
         theta = block.get("rope_theta", 10000.0)
     if rope_type != "default":
         raise CheckpointError(
-            f"The model config {source} asks for RoPE type {rope_type!r} in '{where}'; only the default RoPE is supported."
+            f"The model config {r.source} asks for RoPE type {rope_type!r} in '{where}'; only the default RoPE is supported."
         )
-    return _value({"rope_theta": theta}, "rope_theta", where, source, float)
+    return r.value({"rope_theta": theta}, "rope_theta", where, float)
 
 
 def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
@@ -248,8 +204,9 @@ def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
         raise CheckpointError(
             f"The model config {source} has model_type {model_type!r}; only Dia-1.6B ('dia') is supported."
         )
-    encoder = _block(raw, "encoder_config", "", source)
-    decoder = _block(raw, "decoder_config", "", source)
+    r = ConfigReader(source)
+    encoder = r.block(raw, "encoder_config", "")
+    decoder = r.block(raw, "decoder_config", "")
     enc, dec = "encoder_config.", "decoder_config."
     d = _DEFAULTS
 
@@ -259,22 +216,22 @@ def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
             raise CheckpointError(
                 f"The model config {source} has '{where}hidden_act' = {act!r}; only 'silu' is supported."
             )
-    enc_theta = _rope_theta(encoder, enc, source)
-    dec_theta = _rope_theta(decoder, dec, source)
+    enc_theta = _rope_theta(r, encoder, enc)
+    dec_theta = _rope_theta(r, decoder, dec)
     if enc_theta != dec_theta:
         raise CheckpointError(
             f"The model config {source} has different RoPE thetas for the encoder ({enc_theta}) and the "
             f"decoder ({dec_theta}); Dia-1.6B uses one."
         )
     # transformers reads norm_eps from each sub-config; the top-level norm_eps is unused.
-    enc_eps = _value(encoder, "norm_eps", enc, source, float, d["norm_eps"])
-    dec_eps = _value(decoder, "norm_eps", dec, source, float, d["norm_eps"])
+    enc_eps = r.value(encoder, "norm_eps", enc, float, d["norm_eps"])
+    dec_eps = r.value(decoder, "norm_eps", dec, float, d["norm_eps"])
     if enc_eps != dec_eps:
         raise CheckpointError(
             f"The model config {source} has different norm_eps for the encoder ({enc_eps}) and the decoder ({dec_eps})."
         )
-    enc_hidden = _value(encoder, "hidden_size", enc, source, int, d["encoder_hidden_size"])
-    cross_hidden = _value(decoder, "cross_hidden_size", dec, source, int, enc_hidden)
+    enc_hidden = r.value(encoder, "hidden_size", enc, int, d["encoder_hidden_size"])
+    cross_hidden = r.value(decoder, "cross_hidden_size", dec, int, enc_hidden)
     if cross_hidden != enc_hidden:
         raise CheckpointError(
             f"The model config {source} has '{dec}cross_hidden_size' = {cross_hidden} but the encoder "
@@ -288,37 +245,35 @@ def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
         value = raw.get(name)
         if value is None:
             value = decoder.get(name, default)
-        ids[name] = _token_id(value, name, source)
+        ids[name] = r.token_id(value, name)
 
     return Dia1Config(
         variant=VARIANT_0626,
-        encoder_layers=_value(encoder, "num_hidden_layers", enc, source, int, d["encoder_layers"]),
+        encoder_layers=r.value(encoder, "num_hidden_layers", enc, int, d["encoder_layers"]),
         encoder_hidden_size=enc_hidden,
-        encoder_intermediate_size=_value(
-            encoder, "intermediate_size", enc, source, int, d["encoder_intermediate_size"]
+        encoder_intermediate_size=r.value(encoder, "intermediate_size", enc, int, d["encoder_intermediate_size"]
         ),
-        encoder_heads=_value(encoder, "num_attention_heads", enc, source, int, d["encoder_heads"]),
-        encoder_kv_heads=_value(encoder, "num_key_value_heads", enc, source, int, d["encoder_kv_heads"]),
-        encoder_head_dim=_value(encoder, "head_dim", enc, source, int, d["encoder_head_dim"]),
-        text_vocab_size=_value(encoder, "vocab_size", enc, source, int, d["text_vocab_size"]),
-        text_length=_value(encoder, "max_position_embeddings", enc, source, int, d["text_length"]),
-        decoder_layers=_value(decoder, "num_hidden_layers", dec, source, int, d["decoder_layers"]),
-        decoder_hidden_size=_value(decoder, "hidden_size", dec, source, int, d["decoder_hidden_size"]),
-        decoder_intermediate_size=_value(
-            decoder, "intermediate_size", dec, source, int, d["decoder_intermediate_size"]
+        encoder_heads=r.value(encoder, "num_attention_heads", enc, int, d["encoder_heads"]),
+        encoder_kv_heads=r.value(encoder, "num_key_value_heads", enc, int, d["encoder_kv_heads"]),
+        encoder_head_dim=r.value(encoder, "head_dim", enc, int, d["encoder_head_dim"]),
+        text_vocab_size=r.value(encoder, "vocab_size", enc, int, d["text_vocab_size"]),
+        text_length=r.value(encoder, "max_position_embeddings", enc, int, d["text_length"]),
+        decoder_layers=r.value(decoder, "num_hidden_layers", dec, int, d["decoder_layers"]),
+        decoder_hidden_size=r.value(decoder, "hidden_size", dec, int, d["decoder_hidden_size"]),
+        decoder_intermediate_size=r.value(decoder, "intermediate_size", dec, int, d["decoder_intermediate_size"]
         ),
-        decoder_heads=_value(decoder, "num_attention_heads", dec, source, int, d["decoder_heads"]),
-        decoder_kv_heads=_value(decoder, "num_key_value_heads", dec, source, int, d["decoder_kv_heads"]),
-        decoder_head_dim=_value(decoder, "head_dim", dec, source, int, d["decoder_head_dim"]),
-        cross_heads=_value(decoder, "cross_num_attention_heads", dec, source, int, d["cross_heads"]),
-        cross_kv_heads=_value(decoder, "cross_num_key_value_heads", dec, source, int, d["cross_kv_heads"]),
-        cross_head_dim=_value(decoder, "cross_head_dim", dec, source, int, d["cross_head_dim"]),
-        audio_vocab_size=_value(decoder, "vocab_size", dec, source, int, d["audio_vocab_size"]),
-        audio_length=_value(decoder, "max_position_embeddings", dec, source, int, d["audio_length"]),
-        channels=_value(decoder, "num_channels", dec, source, int, d["channels"]),
+        decoder_heads=r.value(decoder, "num_attention_heads", dec, int, d["decoder_heads"]),
+        decoder_kv_heads=r.value(decoder, "num_key_value_heads", dec, int, d["decoder_kv_heads"]),
+        decoder_head_dim=r.value(decoder, "head_dim", dec, int, d["decoder_head_dim"]),
+        cross_heads=r.value(decoder, "cross_num_attention_heads", dec, int, d["cross_heads"]),
+        cross_kv_heads=r.value(decoder, "cross_num_key_value_heads", dec, int, d["cross_kv_heads"]),
+        cross_head_dim=r.value(decoder, "cross_head_dim", dec, int, d["cross_head_dim"]),
+        audio_vocab_size=r.value(decoder, "vocab_size", dec, int, d["audio_vocab_size"]),
+        audio_length=r.value(decoder, "max_position_embeddings", dec, int, d["audio_length"]),
+        channels=r.value(decoder, "num_channels", dec, int, d["channels"]),
         norm_eps=enc_eps,
         rope_theta=enc_theta,
-        delay_pattern=_delay_pattern(raw.get("delay_pattern"), "delay_pattern", source),
+        delay_pattern=r.int_list(raw, "delay_pattern", "", _DEFAULTS["delay_pattern"]),
         eos_token_id=ids["eos_token_id"],
         pad_token_id=ids["pad_token_id"],
         bos_token_id=ids["bos_token_id"],
@@ -328,33 +283,19 @@ def _parse_dia_config(raw: dict, source: str) -> Dia1Config:
 
 
 def _validate_config(config: Dia1Config, source: str) -> None:
-    problems = []
-    for name in (f.name for f in fields(Dia1Config)):
-        value = getattr(config, name)
-        if isinstance(value, int) and name.endswith(
-            ("_layers", "_size", "_heads", "_dim", "_length", "channels")
-        ):
-            if value <= 0:
-                problems.append(f"{name} = {value} must be positive")
+    check = ConfigProblems(config, source)
+    check.positive(("_layers", "_size", "_heads", "_dim", "_length", "channels"))
     if len(config.delay_pattern) != config.channels:
-        problems.append(
+        check.add(
             f"the delay pattern {list(config.delay_pattern)} has {len(config.delay_pattern)} entries for "
             f"{config.channels} channels"
         )
-    if any(d < 0 for d in config.delay_pattern):
-        problems.append(f"the delay pattern {list(config.delay_pattern)} has negative entries")
-    for heads, kv, what in (
-        (config.encoder_heads, config.encoder_kv_heads, "encoder"),
-        (config.decoder_heads, config.decoder_kv_heads, "decoder self-attention"),
-        (config.cross_heads, config.cross_kv_heads, "cross-attention"),
-    ):
-        if kv > 0 and heads % kv:
-            problems.append(f"the {what} has {heads} query heads, not a multiple of its {kv} KV heads")
-    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        if not 0 <= getattr(config, name) < config.audio_vocab_size:
-            problems.append(f"{name} = {getattr(config, name)} is outside the audio vocabulary")
-    if problems:
-        raise CheckpointError(f"The model config {source} is not usable: " + "; ".join(problems) + ".")
+    check.delays_not_negative(config.delay_pattern)
+    check.grouped_heads(config.encoder_heads, config.encoder_kv_heads, "encoder")
+    check.grouped_heads(config.decoder_heads, config.decoder_kv_heads, "decoder self-attention")
+    check.grouped_heads(config.cross_heads, config.cross_kv_heads, "cross-attention")
+    check.token_ids(("eos_token_id", "pad_token_id", "bos_token_id"), config.audio_vocab_size, "audio")
+    check.raise_any()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -494,15 +435,15 @@ def load_checkpoint(model: str | os.PathLike, *, revision: str | None = None) ->
     weight_format, index_path, weight_paths = _find_weight_files(repo)
 
     if weight_format == "safetensors":
-        tensors = _read_safetensors(weight_paths, index_path)
+        tensors = read_safetensors(weight_paths, _read_index(index_path) if index_path else None)
     else:
-        tensors = _read_torch_file(weight_paths[0])
+        tensors = read_torch_state_dict(weight_paths[0])
     tensors = _drop_derived_buffers(tensors)
     naming = _detect_naming(tensors, weight_paths)
     where = ", ".join(p.name for p in weight_paths)
 
     if naming == "nari":
-        _check_tensors(tensors, expected_nari_shapes(config), where, "nari")
+        check_tensors(tensors, expected_nari_shapes(config), f"nari-format weights in {where}")
         state_dict = nari_to_hf(tensors, config)
         layout = {
             "safetensors": LAYOUT_NARI_SAFETENSORS,
@@ -510,7 +451,7 @@ def load_checkpoint(model: str | os.PathLike, *, revision: str | None = None) ->
             "pth": LAYOUT_NARI_PTH,
         }[weight_format]
     else:
-        _check_tensors(tensors, expected_hf_shapes(config), where, "transformers")
+        check_tensors(tensors, expected_hf_shapes(config), f"transformers-format weights in {where}")
         state_dict = {name: tensors[name] for name in expected_hf_shapes(config)}
         layout = LAYOUT_HF_SAFETENSORS if weight_format == "safetensors" else LAYOUT_HF_BIN
 
@@ -551,10 +492,7 @@ def _find_weight_files(repo: Repo) -> tuple[str, Path | None, list[Path]]:
 
 
 def _read_index(path: Path) -> dict[str, str]:
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"The shard index {path} cannot be read as JSON ({exc}).") from exc
+    index = read_json(path, "shard index")
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
@@ -564,67 +502,6 @@ def _read_index(path: Path) -> dict[str, str]:
         if "/" in shard or "\\" in shard or shard.startswith("."):
             raise CheckpointError(f"The shard index {path} names a shard outside its directory: {shard!r}.")
     return weight_map
-
-
-def _read_safetensors(paths: list[Path], index_path: Path | None) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
-    weight_map = _read_index(index_path) if index_path else None
-    tensors: dict[str, torch.Tensor] = {}
-    for path in paths:
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as handle:
-                for name in handle.keys():
-                    if name in tensors:
-                        raise CheckpointError(
-                            f"The tensor {name} appears in more than one shard (again in {path.name})."
-                        )
-                    if weight_map is not None and weight_map.get(name) != path.name:
-                        raise CheckpointError(
-                            f"The tensor {name} is in {path.name} but the shard index puts it in "
-                            f"{weight_map.get(name) or 'no shard'}."
-                        )
-                    tensors[name] = handle.get_tensor(name)
-        except SafetensorError as exc:
-            raise CheckpointError(f"The weight file {path} is not a valid safetensors file ({exc}).") from exc
-    if weight_map is not None:
-        absent = sorted(name for name in weight_map if name not in tensors)
-        if absent:
-            raise CheckpointError(
-                f"The shard index lists tensors its shards do not hold: {name_list(absent)}."
-            )
-    return tensors
-
-
-def _read_torch_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            # Files written with the legacy (pre-zip) torch.save format cannot be memory-mapped.
-            if "mmap" not in str(exc):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(
-            f"The weight file {path} cannot be read as a plain PyTorch state dict ({first_line})."
-        ) from exc
-    # Training scripts often wrap the state dict.
-    for wrapper in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"The weight file {path} holds a {type(obj).__name__}, not a state dict.")
-    not_tensors = sorted(
-        str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor) or not isinstance(k, str)
-    )
-    if not_tensors:
-        raise CheckpointError(
-            f"The weight file {path} has entries that are not tensors: {name_list(not_tensors)}."
-        )
-    return dict(obj)
 
 
 def _drop_derived_buffers(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -647,9 +524,3 @@ def _detect_naming(tensors: dict[str, torch.Tensor], paths: list[Path]) -> str:
         return "nari"
     found = name_list(sorted(tensors)) if tensors else "no tensors at all"
     raise CheckpointError(f"The weight file(s) {where} hold no Dia-1.6B tensors (found {found}).")
-
-
-def _check_tensors(
-    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], where: str, naming: str
-) -> None:
-    check_tensors(tensors, expected, f"{naming}-format weights in {where}")

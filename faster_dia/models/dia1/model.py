@@ -5,8 +5,9 @@ keys/values are computed once per request, and the decoder writes into a preallo
 rows belong to batch slots, so one call steps many requests that sit at different positions.
 
 Numerics follow the reference exactly: attention scale 1.0 (not 1/sqrt(d)), RMSNorm in float32, RoPE in
-the "rotate half" layout, SwiGLU MLP, grouped-query self-attention in the decoder. The original checkpoint
-also rotates cross-attention queries (decoder position) and keys (text position); 0626 does not.
+the "rotate half" layout, SwiGLU MLP, grouped-query self-attention in the decoder (the primitives are in
+:mod:`faster_dia.models.layers`, shared with Dia2). The original checkpoint also rotates cross-attention queries
+(decoder position) and keys (text position); 0626 does not.
 """
 
 from __future__ import annotations
@@ -17,54 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import apply_rope, attend, cache_write_rows, causal_mask, gated_mlp, rope_cos_sin
+from ..layers import rms_norm as _rms_norm
 from .config import Dia1Config
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op; same values as the long form
-    # float32 statistics whatever the compute dtype, as the reference does.
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (weight.float() * xf).to(x.dtype)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Attention with scale 1.0 and grouped key/value heads. q: [R, H, T, D]; k, v: [R, KV, S, D];
-    mask: bool, broadcastable to [R, 1, T, S]. Returns [R, H, T, D].
-
-    For the one-query decode step this is written out (query heads grouped onto their key/value head, two
-    matrix products and a float32 softmax): on CPU it runs about twice as fast as the fused kernel, and on
-    GPUs the step is bound by reading K/V either way. Longer queries use the fused kernel."""
-    R, H, T, D = q.shape
-    kv = k.shape[1]
-    if T > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=H != kv)
-    grouped = q.reshape(R, kv, H // kv, D)  # T == 1: query heads 4j … 4j+3 share key/value head j
-    scores = (grouped @ k.transpose(-1, -2)).masked_fill(~mask.view(R, 1, 1, -1), float("-inf"))
-    out = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v
-    return out.view(R, H, 1, D)
-
-
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin tables for integer ``positions`` of any shape -> [..., head_dim]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim))
-    freqs = positions.to(torch.float32)[..., None] * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of each head vector as pairs. x: [..., heads, head_dim] with cos/sin broadcasting
-    over the heads axis ([..., 1, head_dim])."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-def swiglu(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, down)
+    # The reference's written-out float32 statistics below float32 (see layers.rms_norm).
+    return _rms_norm(x, weight, eps, written_out=True)
 
 
 @dataclass
@@ -223,7 +184,7 @@ class Dia1Model(nn.Module):
             v = qkv[:, :, nq + nkv :].transpose(1, 2)
             a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0, enable_gqa=nq != nkv)
             x = x + F.linear(a.transpose(1, 2).reshape(B, S, nq * hd), layer.out)
-            x = x + swiglu(rms_norm(x, layer.mlp_norm, c.norm_eps), layer.gate_up, layer.down)
+            x = x + gated_mlp(rms_norm(x, layer.mlp_norm, c.norm_eps), layer.gate_up, layer.down)
         return rms_norm(x, self.enc_norm, c.norm_eps)
 
     # ------------------------------------------------------------------ caches
@@ -292,14 +253,9 @@ class Dia1Model(nn.Module):
         cos, sin = self._rope_table(positions, hd)
         if c.cross_attention_rope:
             ccos, csin = self._rope_table(positions, chd)
-        key_positions = torch.arange(kv_length, device=tokens.device)
-        self_mask = (key_positions[None, None, :] <= positions[:, :, None])[:, None]  # [R, 1, T, kv]
+        self_mask = causal_mask(positions, kv_length)
         cross_mask = cache.cross_mask[rows, :text_length][:, None, None, :]  # [R, 1, 1, S]
-        if isinstance(rows, slice):
-            row_index = torch.arange(cache.rows, device=tokens.device)[rows]
-        else:
-            row_index = rows
-        write_rows = row_index[:, None].expand(R, T)
+        write_rows = cache_write_rows(rows, cache.rows, positions)
 
         for i, layer in enumerate(self.dec_layers):
             h = rms_norm(x, layer.self_norm, c.norm_eps)
@@ -323,7 +279,7 @@ class Dia1Model(nn.Module):
             a = attend(q, keys, values, cross_mask)
             x = x + F.linear(a.transpose(1, 2).reshape(R, T, cq * chd), layer.cross_out)
 
-            x = x + swiglu(rms_norm(x, layer.mlp_norm, c.norm_eps), layer.gate_up, layer.down)
+            x = x + gated_mlp(rms_norm(x, layer.mlp_norm, c.norm_eps), layer.gate_up, layer.down)
 
         x = rms_norm(x, self.dec_norm, c.norm_eps)
         return F.linear(x, self.logits_head).float().view(R, T, c.channels, c.audio_vocab_size)

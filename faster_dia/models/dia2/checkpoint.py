@@ -11,9 +11,8 @@ there (the reference loader silently skips both, which hides a wrong config).
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +20,22 @@ import torch
 
 from faster_dia.errors import CheckpointError
 from faster_dia.hub import Repo, open_repo
+from faster_dia.models.checkpoint_io import (
+    CONFIG_FILE,
+    SAFETENSORS_FILE,
+    ConfigProblems,
+    ConfigReader,
+    check_tensors,
+    json_object,
+    read_json,
+    read_safetensors,
+)
 from faster_dia.models.dia2.config import Dia2Config
 from faster_dia.models.dia2.tokenizer import OPTIONAL_TOKENIZER_FILES, REQUIRED_TOKENIZER_FILES
-from faster_dia.models.weights import check_tensors
-
-CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
+from faster_dia.models.layers import ACTIVATIONS
 
 #: Activation names the reference gated MLP accepts (gate and up half each take one).
-MLP_ACTIVATIONS = frozenset({"silu", "swish", "swiglu", "gelu", "geglu", "relu", "linear"})
+MLP_ACTIVATIONS = frozenset(ACTIVATIONS)
 
 
 @dataclass
@@ -51,9 +57,6 @@ class LoadedDia2Checkpoint:
 # Config
 # --------------------------------------------------------------------------------------------------------
 
-_REQUIRED = object()
-
-
 def is_dia2_config(raw: Any) -> bool:
     """Whether a parsed ``config.json`` has the Dia2 schema: ``data``, ``model`` and ``runtime`` blocks.
 
@@ -67,82 +70,23 @@ def is_dia2_config(raw: Any) -> bool:
 
 def read_config(path: str | os.PathLike) -> Dia2Config:
     """Read a Dia2 ``config.json``."""
-    path = Path(path)
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"The model config {path} cannot be read as JSON ({exc}).") from exc
-    return parse_config(raw, source=str(path))
+    return parse_config(read_json(path, "model config"), source=str(path))
 
 
-class _Reader:
-    """Reads typed fields out of the config blocks, collecting every missing required field."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.missing: list[str] = []
-
-    def block(self, parent: dict, key: str, where: str) -> dict:
-        value = parent.get(key)
-        if value is None:
-            self.missing.append(where + key)
-            return {}
-        if not isinstance(value, dict):
-            raise CheckpointError(
-                f"The model config {self.source} has '{where}{key}' = {value!r}, expected a block."
-            )
-        return value
-
-    def value(self, block: dict, key: str, where: str, kind: type, default: Any = _REQUIRED) -> Any:
-        value = block.get(key)
-        if value is None:
-            if default is _REQUIRED:
-                self.missing.append(where + key)
-                return _DEFAULT_PLACEHOLDER[kind]
-            return default
-        if kind in (int, float):
-            # bool is an int subclass; a bool where a number belongs is a broken file, not a number.
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if kind is int and isinstance(value, float) and not value.is_integer():
-                ok = False
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            raise CheckpointError(
-                f"The model config {self.source} has '{where}{key}' = {value!r}, expected a {kind.__name__}."
-            )
-        return kind(value)
-
-    def int_list(self, block: dict, key: str, where: str, default: list[int]) -> tuple[int, ...]:
-        value = block.get(key)
-        if value is None:
-            return tuple(default)
-        if not isinstance(value, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
-        ):
-            raise CheckpointError(
-                f"The model config {self.source} has '{where}{key}' = {value!r}, expected a list of integers."
-            )
-        return tuple(value)
-
-    def activations(self, block: dict, where: str) -> tuple[str, str]:
-        value = block.get("mlp_activations")
-        if value is None:
-            return ("silu", "linear")
-        if (
-            not isinstance(value, list)
-            or len(value) != 2
-            or not all(isinstance(v, str) and v.lower() in MLP_ACTIVATIONS for v in value)
-        ):
-            raise CheckpointError(
-                f"The model config {self.source} has '{where}mlp_activations' = {value!r}, expected two of "
-                f"{', '.join(sorted(MLP_ACTIVATIONS))}."
-            )
-        return (value[0].lower(), value[1].lower())
-
-
-# Stand-ins returned for missing required fields so that parsing can go on and report all of them at once.
-_DEFAULT_PLACEHOLDER: dict[type, Any] = {int: 0, float: 0.0, bool: False, str: ""}
+def _activations(r: ConfigReader, block: dict, where: str) -> tuple[str, str]:
+    value = block.get("mlp_activations")
+    if value is None:
+        return ("silu", "linear")
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, str) and v.lower() in MLP_ACTIVATIONS for v in value)
+    ):
+        raise CheckpointError(
+            f"The model config {r.source} has '{where}mlp_activations' = {value!r}, expected two of "
+            f"{', '.join(sorted(MLP_ACTIVATIONS))}."
+        )
+    return (value[0].lower(), value[1].lower())
 
 
 def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia2Config:
@@ -151,15 +95,14 @@ def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia2Config:
     Optional fields take the reference loader's defaults; missing required fields are all named in one
     :class:`CheckpointError`.
     """
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"The model config {source} is not a JSON object.")
+    raw = json_object(raw, "model config", source)
     if not is_dia2_config(raw):
         absent = [key for key in ("data", "model", "runtime") if not isinstance(raw.get(key), dict)]
         raise CheckpointError(
             f"The model config {source} is not a Dia2 config: it lacks the {', '.join(repr(k) for k in absent)} "
             f"block(s) (found keys {sorted(raw)[:12]})."
         )
-    r = _Reader(source)
+    r = ConfigReader(source, collect_missing=True)
     data, model, runtime = raw["data"], raw["model"], raw["runtime"]
     decoder = r.block(model, "decoder", "model.")
     depformer = r.block(model, "depformer", "model.")
@@ -201,8 +144,8 @@ def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia2Config:
         depformer_apply_rope=r.value(depformer, "apply_rope", dep, bool, True),
         # The reference defaults to a depformer text embedding; the shipped configs switch it off explicitly.
         depformer_text_embedding=r.value(depformer, "text_embedding", dep, bool, True),
-        decoder_mlp_activations=r.activations(linear, "model.linear."),
-        depformer_mlp_activations=r.activations(depformer, dep),
+        decoder_mlp_activations=_activations(r, linear, "model.linear."),
+        depformer_mlp_activations=_activations(r, depformer, dep),
         dropout=r.value(model, "dropout", "model.", float, 0.0),
         norm_eps=r.value(model, "normalization_layer_epsilon", "model.", float, 1e-5),
         rope_min_timescale=r.value(model, "rope_min_timescale", "model.", float, 1.0),
@@ -213,10 +156,7 @@ def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia2Config:
         ),
         max_context_steps=r.value(runtime, "max_context_steps", "runtime.", int, 1500),
     )
-    if r.missing:
-        raise CheckpointError(
-            f"The model config {source} lacks the required field(s) {', '.join(repr(m) for m in r.missing)}."
-        )
+    r.raise_missing()
     config = Dia2Config(**config_fields)
     _validate_config(config, source)
     return config
@@ -224,55 +164,37 @@ def parse_config(raw: Any, *, source: str = CONFIG_FILE) -> Dia2Config:
 
 def _validate_config(config: Dia2Config, source: str) -> None:
     c = config
-    problems = []
-    for name in (f.name for f in fields(Dia2Config)):
-        value = getattr(c, name)
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and name.endswith(("_layers", "_size", "_heads", "_dim", "channels", "max_context_steps"))
-        ):
-            if value <= 0:
-                problems.append(f"{name} = {value} must be positive")
+    check = ConfigProblems(c, source)
+    check.positive(("_layers", "_size", "_heads", "_dim", "channels", "max_context_steps"))
     audio_channels = c.channels - 2
     if len(c.delay_pattern) != audio_channels:
-        problems.append(
+        check.add(
             f"the delay pattern has {len(c.delay_pattern)} entries for {audio_channels} audio channels "
             f"({c.channels} channels minus 2 text streams)"
         )
-    if any(d < 0 for d in c.delay_pattern):
-        problems.append(f"the delay pattern {list(c.delay_pattern)} has negative entries")
+    check.delays_not_negative(c.delay_pattern)
     if len(c.weights_schedule) != max(audio_channels - 1, 0):
-        problems.append(
+        check.add(
             f"the weights schedule has {len(c.weights_schedule)} entries for {max(audio_channels - 1, 0)} "
             "depformer stages"
         )
     if any(g < 0 for g in c.weights_schedule):
-        problems.append(f"the weights schedule {list(c.weights_schedule)} has negative group ids")
-    if c.decoder_kv_heads > 0 and c.decoder_heads % c.decoder_kv_heads:
-        problems.append(
-            f"the decoder has {c.decoder_heads} query heads, not a multiple of its {c.decoder_kv_heads} KV heads"
-        )
+        check.add(f"the weights schedule {list(c.weights_schedule)} has negative group ids")
+    check.grouped_heads(c.decoder_heads, c.decoder_kv_heads, "decoder")
     # The depformer's fused in_proj holds q, k and v with the query head count each.
     if c.depformer_kv_heads != c.depformer_heads:
-        problems.append(
+        check.add(
             f"the depformer has {c.depformer_heads} query heads but {c.depformer_kv_heads} KV heads; "
             "they must be equal"
         )
     for name in ("decoder_head_dim", "depformer_head_dim"):
         if getattr(c, name) % 2:
-            problems.append(f"{name} = {getattr(c, name)} must be even for RoPE")
-    for name in ("audio_pad_token_id", "audio_bos_token_id"):
-        if not 0 <= getattr(c, name) < c.audio_vocab_size:
-            problems.append(f"{name} = {getattr(c, name)} is outside the audio vocabulary")
-    for name in ("text_pad_token_id", "text_new_word_token_id", "text_zero_token_id", "text_bos_token_id"):
-        if not 0 <= getattr(c, name) < c.text_vocab_size:
-            problems.append(f"{name} = {getattr(c, name)} is outside the text vocabulary")
-    for name in ("action_pad_token_id", "action_new_word_token_id"):
-        if not 0 <= getattr(c, name) < c.action_vocab_size:
-            problems.append(f"{name} = {getattr(c, name)} is outside the action vocabulary")
-    if problems:
-        raise CheckpointError(f"The model config {source} is not usable: " + "; ".join(problems) + ".")
+            check.add(f"{name} = {getattr(c, name)} must be even for RoPE")
+    check.token_ids(("audio_pad_token_id", "audio_bos_token_id"), c.audio_vocab_size, "audio")
+    text_ids = ("text_pad_token_id", "text_new_word_token_id", "text_zero_token_id", "text_bos_token_id")
+    check.token_ids(text_ids, c.text_vocab_size, "text")
+    check.token_ids(("action_pad_token_id", "action_new_word_token_id"), c.action_vocab_size, "action")
+    check.raise_any()
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -355,8 +277,8 @@ def load_checkpoint(model: str | os.PathLike, *, revision: str | None = None) ->
     config_path = repo.get(CONFIG_FILE)
     config = read_config(config_path)
     weights_path = repo.get(SAFETENSORS_FILE)
-    tensors = _read_safetensors(weights_path)
-    _check_tensors(tensors, expected_shapes(config), weights_path.name)
+    tensors = read_safetensors([weights_path])
+    check_tensors(tensors, expected_shapes(config), f"Dia2 weights in {weights_path.name}")
     state_dict = {name: tensors[name] for name in expected_shapes(config)}
 
     tokenizer_repo = repo
@@ -377,19 +299,3 @@ def _fetch_tokenizer_files(repo: Repo) -> list[Path]:
     paths = [repo.get(name) for name in REQUIRED_TOKENIZER_FILES]
     paths += [repo.get(name) for name in OPTIONAL_TOKENIZER_FILES if repo.has(name)]
     return paths
-
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            return {name: handle.get_tensor(name) for name in handle.keys()}
-    except SafetensorError as exc:
-        raise CheckpointError(f"The weight file {path} is not a valid safetensors file ({exc}).") from exc
-
-
-def _check_tensors(
-    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], where: str
-) -> None:
-    check_tensors(tensors, expected, f"Dia2 weights in {where}")

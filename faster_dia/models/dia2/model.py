@@ -9,99 +9,30 @@ cache over its 31 stages.
 
 Numerics follow the reference: per-head RMSNorm on queries and keys *before* RoPE, attention scale 1.0 (not
 1/sqrt(d)), RoPE in the "rotate half" layout with inv_freq = 1 / (min * (max/min)^(2i/d)), gated MLPs
-(SiLU(gate) * up in the published models), RMSNorm statistics in float32, logits in float32. Unlike the reference, the RoPE tables
-grow with the cache, so positions past ``max_context_steps`` (a voice prefix plus a long generation) work.
+(SiLU(gate) * up in the published models), RMSNorm statistics in float32, logits in float32 (the primitives are in
+:mod:`faster_dia.models.layers`, shared with Dia-1.6B). Unlike the reference, the RoPE tables grow with the
+cache, so positions past ``max_context_steps`` (a voice prefix plus a long generation) work.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers import (
+    activation,
+    apply_rope,
+    attend,
+    cache_write_rows,
+    causal_mask,
+    gated_mlp,
+    rms_norm,
+    rope_cos_sin,
+)
 from .config import Dia2Config
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm over the last axis with float32 statistics whatever the compute dtype. ``weight`` (float32) may be
-    wider than the normalised axis, e.g. [heads, head_dim] to normalise every head with its own weight."""
-    if x.dtype == torch.float32 and weight.shape == x.shape[-1:]:
-        return F.rms_norm(x, weight.shape, weight, eps)  # one fused op
-    return (F.rms_norm(x.float(), x.shape[-1:], eps=eps) * weight).to(x.dtype)
-
-
-def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Attention with scale 1.0 and grouped key/value heads. q: [R, H, T, D]; k, v: [R, KV, S, D]; mask: bool
-    [R, 1, T, S] (True = may attend) or None for "every key". Returns [R, H, T, D].
-
-    For the one-query decode step this is written out (query heads grouped onto their key/value head, two matrix
-    products and a float32 softmax): on CPU it runs about twice as fast as the fused kernel, and on GPUs the step
-    is bound by reading K/V either way. Longer queries use the fused kernel."""
-    R, H, T, D = q.shape
-    kv = k.shape[1]
-    if T > 1:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=H != kv)
-    grouped = q.reshape(R, kv, H // kv, D)  # query heads g*j … g*j+g-1 share key/value head j
-    scores = grouped @ k.transpose(-1, -2)
-    if mask is not None:
-        scores = scores.masked_fill(~mask.view(R, 1, 1, -1), float("-inf"))
-    out = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v
-    return out.view(R, H, 1, D)
-
-
-def rope_tables(
-    length: int,
-    head_dim: int,
-    min_timescale: float,
-    max_timescale: float,
-    dtype: torch.dtype,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin [length, head_dim] for positions 0..length-1, with the reference's float32 arithmetic so the
-    values match it exactly where both exist."""
-    fraction = 2.0 * torch.arange(head_dim // 2, device=device, dtype=torch.float32) / head_dim
-    inv_freq = 1.0 / (min_timescale * (max_timescale / min_timescale) ** fraction)
-    freqs = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate the two halves of each head vector as pairs. x: [..., heads, head_dim]; cos/sin broadcast over the
-    heads axis ([..., 1, head_dim])."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
-
-
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor] | None] = {
-    "silu": F.silu,
-    "swish": F.silu,
-    "swiglu": F.silu,
-    "gelu": F.gelu,  # exact (erf) GELU, as torch.nn.GELU()
-    "geglu": F.gelu,
-    "relu": F.relu,
-    "linear": None,
-}
-
-
-def gated_mlp(
-    x: torch.Tensor,
-    gate_up: torch.Tensor,
-    down: torch.Tensor,
-    activations: tuple[Callable[[torch.Tensor], torch.Tensor] | None, ...],
-) -> torch.Tensor:
-    """down(act0(gate) * act1(up)) with gate/up from one fused matrix (gate rows first); SwiGLU by default."""
-    gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
-    gate_act, up_act = activations
-    if gate_act is not None:
-        gate = gate_act(gate)
-    if up_act is not None:
-        up = up_act(up)
-    return F.linear(gate * up, down)
 
 
 @dataclass
@@ -155,8 +86,8 @@ class Dia2Model(nn.Module):
         # Checkpoint group ids, and each stage's index into the stacked per-group weights.
         self.group_ids = list(c.weight_group_ids)
         self.stage_group = [self.group_ids.index(g) for g in c.weights_schedule[: self.stages]]
-        self.mlp_activations = tuple(self._activation(a) for a in c.decoder_mlp_activations)
-        self.dep_mlp_activations = tuple(self._activation(a) for a in c.depformer_mlp_activations)
+        self.mlp_activations = tuple(activation(a) for a in c.decoder_mlp_activations)
+        self.dep_mlp_activations = tuple(activation(a) for a in c.depformer_mlp_activations)
         # Stage heads predict codes only: the reference cuts its logits below the first special id.
         self.code_limit = min(c.audio_pad_token_id, c.audio_bos_token_id)
 
@@ -219,14 +150,7 @@ class Dia2Model(nn.Module):
             persistent=False,
         )
         self._set_rope(c.max_context_steps + 1, device)
-        cos, sin = rope_tables(
-            self.stages,
-            c.depformer_head_dim,
-            c.rope_min_timescale,
-            c.rope_max_timescale,
-            dtype,
-            torch.device(device),
-        )
+        cos, sin = self._rope_tables(self.stages, c.depformer_head_dim, dtype, torch.device(device))
         self.register_buffer("dep_rope_cos", cos, persistent=False)
         self.register_buffer("dep_rope_sin", sin, persistent=False)
 
@@ -316,28 +240,25 @@ class Dia2Model(nn.Module):
         put_vector(model.dep_norm, p + "norm.weight")
         return model
 
-    @staticmethod
-    def _activation(name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
-        if name.lower() not in ACTIVATIONS:
-            raise ValueError(f"unsupported MLP activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
-        return ACTIVATIONS[name.lower()]
-
     @property
     def device(self) -> torch.device:
         return self.text_embedding.device
 
     # ------------------------------------------------------------------ helpers
 
-    def _set_rope(self, length: int, device: str | torch.device) -> None:
+    def _rope_tables(
+        self, length: int, head_dim: int, dtype: torch.dtype, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [length, head_dim] for positions 0..length-1, with the reference's float32 arithmetic so the
+        values match it exactly where both exist."""
         c = self.config
-        cos, sin = rope_tables(
-            length,
-            c.decoder_head_dim,
-            c.rope_min_timescale,
-            c.rope_max_timescale,
-            self.dtype,
-            torch.device(device),
+        positions = torch.arange(length, device=device)
+        return rope_cos_sin(
+            positions, head_dim, c.rope_max_timescale, dtype, min_timescale=c.rope_min_timescale
         )
+
+    def _set_rope(self, length: int, device: str | torch.device) -> None:
+        cos, sin = self._rope_tables(length, self.config.decoder_head_dim, self.dtype, torch.device(device))
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -429,13 +350,10 @@ class Dia2Model(nn.Module):
 
         Attention work grows with ``kv_length``, so pass little more than the largest position + 1. A slice for
         ``rows`` reads the cache in place; an index tensor gathers (copies) the rows' keys/values."""
-        R, T = text_main.shape
         x = self.embed(text_main, text_second, audio)
         cos, sin = self._rope(positions, cache.max_positions)
-        key_positions = torch.arange(kv_length, device=x.device)
-        mask = (key_positions[None, None, :] <= positions[:, :, None])[:, None]  # [R, 1, T, kv]
-        row_index = torch.arange(cache.rows, device=x.device)[rows] if isinstance(rows, slice) else rows
-        write_rows = row_index[:, None].expand(R, T)
+        mask = causal_mask(positions, kv_length)
+        write_rows = cache_write_rows(rows, cache.rows, positions)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
             cache.k[i][write_rows, :, positions] = k
