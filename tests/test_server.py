@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import anyio
 import av
 import httpx
 import numpy as np
@@ -24,6 +25,7 @@ import uvicorn
 import faster_dia
 from faster_dia.audio import resample
 from faster_dia.server import create_app
+from faster_dia.server.uvicorn_config import uvicorn_config
 from faster_dia.testing import write_tiny_checkpoint
 
 SCRIPT = "Hello there, how are you?"
@@ -37,12 +39,16 @@ LOSSY_SLACK_SECONDS = 0.1  # mp3/aac/opus priming and padding
 
 
 @pytest.fixture(scope="module")
-def tts(tmp_path_factory: pytest.TempPathFactory) -> faster_dia.TextToSpeech:
+def server_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # Its own model rather than the shared one: without the shared model's early EOS, generation runs to
     # max_new_tokens, so the cancellation tests can tell a stopped request from one that ended by itself.
     root = tmp_path_factory.mktemp("server-model")
-    model = write_tiny_checkpoint("dia-1.6b-0626", root / "model")
-    codec = write_tiny_checkpoint("dac", root / "codec")
+    return write_tiny_checkpoint("dia-1.6b-0626", root / "model"), write_tiny_checkpoint("dac", root / "codec")
+
+
+@pytest.fixture(scope="module")
+def tts(server_dirs) -> faster_dia.TextToSpeech:
+    model, codec = server_dirs
     return faster_dia.load(model, codec=codec, device="cpu")
 
 
@@ -63,7 +69,7 @@ def running(app) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + WAIT
@@ -97,7 +103,8 @@ def http(base_url) -> Iterator[httpx.Client]:
 
 
 class ProbedStream:
-    """Wraps a SpeechStream to record how the server consumes it; can pause generation between chunks."""
+    """Wraps an AsyncSpeechStream to record how the server consumes it; can pause the consumer between
+    chunks (``before_chunk`` runs in a worker thread, so it may block)."""
 
     def __init__(self, inner, probe: Probe):
         self._inner = inner
@@ -109,28 +116,28 @@ class ProbedStream:
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
 
-    def __iter__(self):
+    def __aiter__(self):
         return self
 
-    def __next__(self) -> np.ndarray:
+    async def __anext__(self) -> np.ndarray:
         if self._probe.before_chunk is not None and self.produced > 0:
-            self._probe.before_chunk(self, self.produced)
+            await anyio.to_thread.run_sync(self._probe.before_chunk, self, self.produced)
         try:
-            chunk = next(self._inner)
-        except StopIteration:
+            chunk = await self._inner.__anext__()
+        except StopAsyncIteration:
             self.exhausted = True
             raise
         self.produced += 1
         return chunk
 
-    def close(self) -> None:
-        self._inner.close()
+    async def aclose(self) -> None:
+        await self._inner.aclose()
         self.closed.set()
 
 
 class Probe:
-    """Replaces ``tts.stream`` for one test: records the keyword arguments the server passed and the
-    streams it got, applies ``defaults`` and runs ``before_chunk(stream, index)`` in the worker thread
+    """Replaces ``tts.astream`` for one test: records the keyword arguments the server passed and the
+    streams it got, applies ``defaults`` and runs ``before_chunk(stream, index)`` in a worker thread
     before every chunk after the first."""
 
     def __init__(self, tts: faster_dia.TextToSpeech, monkeypatch: pytest.MonkeyPatch):
@@ -138,7 +145,7 @@ class Probe:
         self.streams: list[ProbedStream] = []
         self.defaults: dict = {}
         self.before_chunk: Callable[[ProbedStream, int], None] | None = None
-        real = tts.stream
+        real = tts.astream
 
         def stream(script: str, **kwargs):
             self.calls.append(dict(kwargs))
@@ -148,7 +155,7 @@ class Probe:
             self.streams.append(probed)
             return probed
 
-        monkeypatch.setattr(tts, "stream", stream)
+        monkeypatch.setattr(tts, "astream", stream)
 
 
 @pytest.fixture
@@ -369,9 +376,21 @@ def wait_for(condition: Callable[[], bool]) -> None:
         time.sleep(0.02)
 
 
-def test_full_queue_answers_503_and_a_queued_client_can_leave(tts, probe):
+def test_full_queue_answers_503_and_a_queued_client_can_leave(server_dirs, monkeypatch):
+    # One batch slot and one waiting place; the engine holds after the first request's first chunk, so that
+    # request keeps its slot while the test fills the queue.
+    tts = faster_dia.load(server_dirs[0], codec=server_dirs[1], device="cpu", max_batch=1, max_queue=1)
+    probe = Probe(tts, monkeypatch)
     go, released = pause_after_first_chunk(probe)
-    with running(create_app(tts, max_queue=1, max_concurrent=1, chunk_frames=16)) as url:
+    step = tts.engine.generator.step
+
+    def held_step():
+        if tts.engine.steps >= 40:  # the first 16-frame chunk is final after 31 steps
+            go.wait(WAIT)
+        return step()
+
+    monkeypatch.setattr(tts.engine.generator, "step", held_step)
+    with running(create_app(tts, chunk_frames=16)) as url:
         with httpx.stream("POST", f"{url}/v1/audio/speech", json=speech_body(response_format="pcm"),
                           timeout=WAIT) as busy:
             pieces = busy.iter_raw()
@@ -472,7 +491,7 @@ def test_internal_faults_are_500_without_details(tts, http, monkeypatch, caplog)
     def broken(*args, **kwargs):
         raise RuntimeError("secret /internal/path")
 
-    monkeypatch.setattr(tts, "stream", broken)
+    monkeypatch.setattr(tts, "astream", broken)
     response = http.post("/v1/audio/speech", json=speech_body())
     error = assert_openai_error(response, 500)
     assert "secret" not in response.text

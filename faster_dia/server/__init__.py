@@ -1,34 +1,51 @@
 """The OpenAI-compatible HTTP server (``faster-dia serve``); needs the ``server`` extra.
 
-:func:`create_app` builds the FastAPI application around a loaded :class:`~faster_dia.TextToSpeech`;
-:func:`run` serves it with uvicorn.
+:func:`create_app` builds the FastAPI application around loaded models or a :class:`ModelRegistry`;
+:func:`serve` hosts models by reference (loading them at start, or on first use with ``lazy``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+import socket
+from collections.abc import Iterable, Sequence
 
-from ..api import TextToSpeech
-from .app import MODEL_ALIASES, create_app
+from .app import create_app
+from .registry import OPENAI_NAMES, ModelRegistry, ModelSpec
 
-__all__ = ["MODEL_ALIASES", "create_app", "run"]
+__all__ = ["OPENAI_NAMES", "ModelRegistry", "ModelSpec", "create_app", "serve"]
+
+log = logging.getLogger("faster_dia.server")
 
 
-def run(
-    tts: TextToSpeech,
+def serve(
+    specs: Sequence[ModelSpec],
     *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
+    sock: socket.socket,
     api_keys: Iterable[str] = (),
-    max_queue: int = 8,
-    chunk_frames: int = 32,
+    default_model: str | None = None,
+    lazy: bool = False,
+    idle_unload: float | None = None,
+    chunk_seconds: float | None = None,
     default_seed: int | None = None,
+    metrics_public: bool = False,
     log_level: str = "info",
 ) -> None:
-    """Serve ``tts`` until interrupted."""
+    """Serve ``specs`` on the already bound ``sock`` until interrupted. Without ``lazy`` every model is loaded
+    before the first request is accepted (a model that fails to load stops the server with its error)."""
     import uvicorn
 
-    app = create_app(tts, api_keys=api_keys, max_queue=max_queue, chunk_frames=chunk_frames,
-                     default_seed=default_seed)
-    # One process, one model: several uvicorn workers would each load their own copy.
-    uvicorn.run(app, host=host, port=port, log_level=log_level, workers=1)
+    from .uvicorn_config import uvicorn_config
+
+    registry = ModelRegistry.from_specs(list(specs), default=default_model, idle_unload=idle_unload)
+    if not lazy:
+        registry.load_all()
+    app = create_app(registry, api_keys=api_keys, chunk_seconds=chunk_seconds, default_seed=default_seed,
+                     metrics_public=metrics_public)
+    host, port = sock.getsockname()[:2]
+    log.info("serving %s on http://%s:%d", ", ".join(m.id for m in registry.models), host, port)
+    # One process: several uvicorn workers would each load their own copy of every model.
+    try:
+        uvicorn.Server(uvicorn_config(app, log_level=log_level)).run(sockets=[sock])
+    finally:
+        registry.close()

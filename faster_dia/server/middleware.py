@@ -94,15 +94,16 @@ class ApiKeyAuth:
     #: ``/docs/`` holds the docs page's own scripts and styles (see docs.py).
     PUBLIC_PREFIXES = ("/v1/models/", "/docs/")
 
-    def __init__(self, app: ASGIApp, keys: Iterable[str]):
+    def __init__(self, app: ASGIApp, keys: Iterable[str], public_paths: Iterable[str] | None = None):
         self.app = app
         self.keys = [k.encode() for k in keys if k]
+        self.public_paths = frozenset(self.PUBLIC_PATHS if public_paths is None else public_paths)
 
     def _is_public(self, scope: Scope) -> bool:
         if scope.get("method") not in ("GET", "HEAD", "OPTIONS"):
             return False
         path = scope.get("path", "")
-        return path in self.PUBLIC_PATHS or path.startswith(self.PUBLIC_PREFIXES)
+        return path in self.public_paths or path.startswith(self.PUBLIC_PREFIXES)
 
     def _authorized(self, scope: Scope) -> bool | None:
         """True for a valid key, False for a wrong one, None for none at all."""

@@ -3,21 +3,27 @@
 The speech request is OpenAI's ``CreateSpeechRequest`` plus Dia's own sampling fields (which the openai
 client sends through ``extra_body``) and the names hosted Dia APIs use (``text``, ``speed_factor``,
 ``cfg_filter_top_k``). Unknown fields are ignored rather than rejected: clients routinely send extras.
+Types are strict (``seed: true`` or ``stream: "yes"`` are errors, not 1 and True); each family checks the
+ranges of its sampling fields and ignores the fields that do not apply to it.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, field_validator, model_validator
 
 from ..audio import MAX_SPEED, MIN_SPEED
 from ..errors import InvalidInputError
+from ..speech import MAX_SEED
+from .errors import reject_surrogates
 
-#: OpenAI's limit on ``input``; the model's own limit (1024 script bytes) is checked by the library.
+#: OpenAI's limit on ``input``.
 MAX_INPUT_CHARS = 4096
 #: Same limit as OpenAI puts on ``instructions``.
 MAX_INSTRUCTIONS_CHARS = 4096
+
+Number = Annotated[float, Field(strict=True)] | StrictInt
 
 
 class VoiceRef(BaseModel):
@@ -33,61 +39,84 @@ class SpeechRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="tts-1, tts-1-hd, dia or the loaded model's id")
-    input: str | None = Field(None, description=f"the script, at most {MAX_INPUT_CHARS} characters")
-    text: str | None = Field(None, description="alias of input")
+    model: str | None = Field(None, description="a model id or alias from /v1/models; tts-1, tts-1-hd and "
+                                                "gpt-4o-mini-tts pick the default model")
+    input: str = Field(description=f"the script, at most {MAX_INPUT_CHARS} characters (alias: text)")
     voice: str | VoiceRef | None = Field(None, description="accepted; every voice currently sounds alike")
     instructions: str | None = Field(None, description="accepted and ignored: Dia takes no style prompt")
     response_format: str = Field("mp3", description="mp3, opus, aac, flac, wav or pcm (24 kHz s16le)")
-    speed: float | None = Field(None, description=f"{MIN_SPEED} to {MAX_SPEED}, default 1.0")
-    speed_factor: float | None = Field(None, description="alias of speed")
-    stream_format: Literal["audio", "sse"] = "audio"
-    stream: bool = Field(True, description="false: send the whole file at the end, with complete headers")
+    speed: Number | None = Field(None, description=f"{MIN_SPEED} to {MAX_SPEED}, default 1.0 (alias: speed_factor)")
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="sse: server-sent events with base64 audio deltas (and word events for Dia2)")
+    stream: StrictBool = Field(True, description="false: send the whole file at the end, with complete headers")
 
-    seed: int | None = Field(None, description="omit (or -1) for a random seed; the one used is in X-Seed")
-    temperature: float | None = Field(None, ge=0.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, ge=1)
-    cfg_filter_top_k: int | None = Field(None, ge=1, description="alias of top_k")
-    cfg_scale: float | None = Field(None, ge=0.0)
-    max_new_tokens: int | None = Field(None, ge=1, description="decoder steps allowed (86 = 1 s of audio)")
+    seed: StrictInt | None = Field(None, ge=-1, le=MAX_SEED,
+                                   description="omit (or -1) for a random seed; the one used is in X-Seed")
+    temperature: Number | None = Field(None, description="0–5, 0 greedy; Dia2: text and audio")
+    top_p: Number | None = Field(None, description="(0, 1]; Dia-1.6B only, ignored for Dia2")
+    top_k: StrictInt | None = Field(None, description="1–65536; Dia-1.6B: guidance filter (alias: "
+                                                      "cfg_filter_top_k); Dia2: top-k of text and audio")
+    cfg_filter_top_k: StrictInt | None = Field(None, description="Dia-1.6B: alias of top_k; Dia2: the "
+                                                                 "guidance filter size (cfg_filter_k)")
+    cfg_scale: Number | None = Field(None, description="classifier-free guidance, 0–30 (Dia2: above 0)")
+    max_new_tokens: StrictInt | None = Field(
+        None, description="Dia-1.6B: decoder steps (86 ≈ 1 s, at most 3071); Dia2: frames (12.5 = 1 s, at most 1500)")
 
-    def script(self) -> str:
-        """The text to speak, from ``input`` or its alias ``text``."""
-        value = self.input if self.input is not None else self.text
-        if value is None:
-            raise InvalidInputError("The request has no input: send the text to speak in 'input'.", param="input")
-        if len(value) > MAX_INPUT_CHARS:
-            raise InvalidInputError(
-                f"input is {len(value)} characters long; the limit is {MAX_INPUT_CHARS}.", param="input"
-            )
-        if self.instructions is not None and len(self.instructions) > MAX_INSTRUCTIONS_CHARS:
-            raise InvalidInputError(
-                f"instructions is {len(self.instructions)} characters long; the limit is {MAX_INSTRUCTIONS_CHARS}.",
-                param="instructions",
-            )
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        """``text`` stands for ``input`` and ``speed_factor`` for ``speed`` (the names hosted Dia APIs use)."""
+        if isinstance(data, dict):
+            data = dict(data)
+            if data.get("input") is None and data.get("text") is not None:
+                data["input"] = data["text"]
+            if data.get("speed") is None and data.get("speed_factor") is not None:
+                data["speed"] = data["speed_factor"]
+            if "input" in data and data["input"] is None:
+                del data["input"]
+        return data
+
+    @field_validator("model", "input", "instructions", "response_format")
+    @classmethod
+    def _valid_text(cls, value: str | None, info) -> str | None:
+        return None if value is None else reject_surrogates(value, info.field_name)
+
+    @field_validator("voice")
+    @classmethod
+    def _valid_voice(cls, value: str | VoiceRef | None) -> str | VoiceRef | None:
+        if isinstance(value, str):
+            reject_surrogates(value, "voice")
+        elif isinstance(value, VoiceRef):
+            reject_surrogates(value.id, "voice")
         return value
 
+    @field_validator("input", "instructions")
+    @classmethod
+    def _short_enough(cls, value: str | None, info) -> str | None:
+        limit = MAX_INPUT_CHARS if info.field_name == "input" else MAX_INSTRUCTIONS_CHARS
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{info.field_name} is {len(value)} characters long; the limit is {limit}")
+        return value
+
+    def check_consistent(self) -> None:
+        if self.stream_format == "sse" and not self.stream:
+            raise InvalidInputError(
+                "stream_format 'sse' sends events while the audio is generated; it cannot be combined with "
+                "stream: false. Drop one of them.", param="stream_format")
+
     def speed_value(self) -> float:
-        return self.speed if self.speed is not None else (self.speed_factor if self.speed_factor is not None else 1.0)
+        return 1.0 if self.speed is None else float(self.speed)
 
     def voice_id(self) -> str | None:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
 
-    def generation_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``TextToSpeech.stream``: only what the client set, so the library's
-        defaults apply to the rest."""
-        kwargs: dict[str, Any] = {}
+    def sampling_fields(self) -> dict[str, Any]:
+        """The sampling fields the client set (the model's family maps them onto its own options)."""
+        fields = {name: getattr(self, name) for name in
+                  ("temperature", "top_p", "top_k", "cfg_filter_top_k", "cfg_scale", "max_new_tokens")}
         if self.seed is not None and self.seed != -1:
-            kwargs["seed"] = self.seed
-        top_k = self.top_k if self.top_k is not None else self.cfg_filter_top_k
-        if top_k is not None:
-            kwargs["top_k"] = top_k
-        for name in ("temperature", "top_p", "cfg_scale", "max_new_tokens"):
-            value = getattr(self, name)
-            if value is not None:
-                kwargs[name] = value
-        return kwargs
+            fields["seed"] = self.seed
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 class ErrorDetail(BaseModel):
@@ -106,6 +135,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "faster-dia"
+    family: str | None = None
+    sample_rate: int | None = None
+    state: str | None = None
 
 
 class ModelList(BaseModel):
@@ -130,10 +162,40 @@ class VoiceList(BaseModel):
     voices: list[Voice]
 
 
+class ModelHealth(BaseModel):
+    id: str
+    aliases: list[str]
+    family: str
+    state: Literal["unloaded", "loading", "loaded", "failed"]
+    device: str | None = None
+    sample_rate: int | None = None
+    waiting: int = 0
+    running: int = 0
+    max_batch: int | None = None
+
+
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
-    model: str
-    device: str
+    model: str  # the default model's id
+    device: str | None
+    sample_rate: int | None
+    in_flight: int  # speech requests in progress, all models
+    max_queue: int | None
+    models: list[ModelHealth]
+
+
+class WordTimestamp(BaseModel):
+    word: str
+    start: float
+
+
+class SpeechWithTimestamps(BaseModel):
+    """``POST /v1/audio/speech/with-timestamps``: the whole file and the words' start times."""
+
+    audio_base64: str
+    content_type: str
+    format: str
     sample_rate: int
-    in_flight: int
-    max_queue: int
+    duration: float
+    seed: int
+    words: list[WordTimestamp]

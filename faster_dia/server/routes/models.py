@@ -1,0 +1,40 @@
+"""Discovery: ``/v1/models`` (OpenAI), ``/v1/audio/models`` and ``/v1/audio/voices`` (what Open WebUI reads)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from ..app import state_of
+from ..schemas import AudioModel, AudioModelList, ErrorResponse, ModelCard, ModelList, Voice, VoiceList
+
+router = APIRouter()
+
+#: The voice list clients get. Every voice name is accepted and sounds alike for now (the seed decides).
+VOICES = (Voice(id="dia", name="Dia (the voice follows the seed; pin it with seed)"),)
+
+
+def _card(request: Request, name: str) -> ModelCard:
+    state = state_of(request)
+    model = state.models.resolve(name)
+    return ModelCard(id=name, created=state.created, family=model.family, sample_rate=model.sample_rate,
+                     state=model.state)
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_card(request, name) for name in state_of(request).models.names()])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    return _card(request, model_id)
+
+
+@router.get("/v1/audio/models", response_model=AudioModelList)
+async def list_audio_models(request: Request) -> AudioModelList:
+    return AudioModelList(models=[AudioModel(id=name) for name in state_of(request).models.names()])
+
+
+@router.get("/v1/audio/voices", response_model=VoiceList)
+async def list_voices() -> VoiceList:
+    return VoiceList(voices=list(VOICES))
