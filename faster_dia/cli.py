@@ -10,10 +10,22 @@ from pathlib import Path
 from .errors import FasterDiaError
 
 
-def _add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="Hub id or local directory (default nari-labs/Dia-1.6B-0626)")
+def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    if several:
+        p.add_argument("--model", action="append", default=None, metavar="MODEL",
+                       help="Hub id or local directory; repeat to host several models (default "
+                            "nari-labs/Dia-1.6B-0626)")
+    else:
+        p.add_argument("--model", default=None, help="Hub id or local directory (default nari-labs/Dia-1.6B-0626)")
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) of the model")
-    p.add_argument("--codec", default=None, help="Hub id or local directory of a transformers-format DAC")
+    if several:
+        p.add_argument("--codec", action="append", default=None, metavar="CODEC",
+                       help="Hub id or local directory of the codec of the --model at the same position "
+                            "(default: the family's codec, descript/dac_44khz or kyutai/mimi)")
+    else:
+        p.add_argument("--codec", default=None,
+                       help="Hub id or local directory of the codec (default: descript/dac_44khz for Dia-1.6B, "
+                            "kyutai/mimi for Dia2)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="compute dtype (default bfloat16 on CUDA, float32 elsewhere)")
@@ -60,16 +72,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the OpenAI-compatible HTTP server",
                            description="Example: faster-dia serve --port 8000 --api-key SECRET")
-    _add_model_options(serve)
+    _add_model_options(serve, several=True)
+    serve.add_argument("--default-model", default=None, metavar="NAME",
+                       help="the model tts-1 and requests without a model get (an id or alias; default the first)")
+    serve.add_argument("--lazy", action="store_true",
+                       help="load each model on its first request instead of at start")
+    serve.add_argument("--idle-unload", type=float, default=None, metavar="SECONDS",
+                       help="free a model's memory after this long without requests (loaded again on the next)")
+    serve.add_argument("--metrics-public", action="store_true",
+                       help="answer /metrics without an API key")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on, 1-65535 (default 8000)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
                        help="require 'Authorization: Bearer KEY' (repeatable; also FASTER_DIA_API_KEYS, "
                             "comma-separated)")
-    serve.add_argument("--max-queue", type=int, default=8,
-                       help="requests that may wait for their turn; more get 503 (default 8)")
-    serve.add_argument("--chunk-frames", type=int, default=32,
-                       help="audio frames per streamed chunk, 86 = 1 s (default 32)")
+    serve.add_argument("--max-queue", type=int, default=None,
+                       help="requests per model that may wait for a batch slot; more get 503 with Retry-After "
+                            "(default 16 per batch slot, at least 64)")
+    serve.add_argument("--chunk-seconds", type=float, default=None,
+                       help="seconds of audio per streamed chunk (default 0.37)")
     serve.add_argument("--seed", type=int, default=None,
                        help="seed for requests that send none, so every request gets the same voice "
                             "(default: a random seed per request)")
@@ -92,14 +113,17 @@ def _read_script(args: argparse.Namespace) -> str:
     return args.script
 
 
-def _speak(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _load_options(args: argparse.Namespace) -> dict:
+    return dict(device=args.device, dtype=args.dtype, codec=args.codec, revision=args.revision,
+                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs)
 
-    from .api import DEFAULT_MODEL, load
+
+def _speak(args: argparse.Namespace) -> int:
     from .errors import InvalidInputError
+    from .loading import DEFAULT_MODEL, check_load_options, family_of, load, read_config
     from .script import normalize_script
 
-    # Check what the user typed before spending seconds on loading the model.
+    # Check everything that needs no model before spending seconds (minutes, for the real one) on loading it.
     script = normalize_script(_read_script(args))
     if args.prompt is not None and not args.prompt.exists():
         raise FasterDiaError(f"Voice prompt file not found: {args.prompt}")
@@ -108,20 +132,60 @@ def _speak(args: argparse.Namespace) -> int:
                                 "and without it the output is garbled.")
     if args.prompt_text and args.prompt is None:
         raise InvalidInputError("--prompt-text was given without --prompt.")
-    tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
-               revision=args.revision, max_batch=args.max_batch, cuda_graphs=args.cuda_graphs)
+    if not args.output.parent.is_dir():
+        raise FasterDiaError(f"Cannot write {args.output}: the directory {args.output.parent} does not exist.")
+    model = args.model or DEFAULT_MODEL
+    check_load_options(**{k: v for k, v in _load_options(args).items() if k in ("dtype", "max_batch", "cuda_graphs")})
+    config, source = read_config(model, args.revision)
+    family = family_of(config, source).FAMILY
+    options = _speak_options(args, family)
+    front_door = _family_class(family)
+    front_door.check_options({**options, "seed": args.seed, "max_new_tokens": args.max_new_tokens})
+
+    from tqdm import tqdm
+
+    tts = load(model, **_load_options(args))
+    # tqdm writes ", " before a postfix itself.
     bar = None if args.no_progress else tqdm(desc="generating", unit="s audio", bar_format=(
-        "{desc}: {n:.1f}s of audio [{elapsed}, {postfix}]"), postfix="starting")
+        "{desc}: {n:.1f}s of audio [{elapsed}{postfix}]"), postfix="starting")
 
     def on_progress(p) -> None:
         bar.n = p.seconds_of_audio
         bar.set_postfix_str(f"{p.real_time_factor:.2f}x real time", refresh=False)
         bar.refresh()
 
+    try:
+        speech = tts.generate(script, seed=args.seed, max_new_tokens=args.max_new_tokens,
+                              progress=None if bar is None else on_progress, **options)
+    finally:
+        if bar is not None:
+            bar.close()
+    try:
+        speech.save(args.output)
+    except OSError as exc:
+        raise FasterDiaError(f"Cannot write {args.output}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.output} ({speech.duration:.2f} s at {speech.sample_rate} Hz), seed {speech.seed}")
+    return 0
+
+
+def _family_class(family: str):
+    if family == "dia2":
+        from .models.dia2.tts import Dia2TextToSpeech
+
+        return Dia2TextToSpeech
+    from .models.dia1.tts import Dia1TextToSpeech
+
+    return Dia1TextToSpeech
+
+
+def _speak_options(args: argparse.Namespace, family: str) -> dict:
+    """The family's generation options from the command line (only those given, so defaults apply)."""
+    from .errors import InvalidInputError
+
     options = {name: getattr(args, name) for name in ("temperature", "top_p", "top_k", "cfg_scale")
                if getattr(args, name) is not None}
     dia2_only = ("text_temperature", "text_top_k", "audio_temperature", "audio_top_k", "cfg_filter_k")
-    if getattr(tts, "family", "") == "dia2":
+    if family == "dia2":
         if args.prompt is not None:
             raise InvalidInputError("Dia2 takes voice prefixes: use --prefix-speaker-1 and --prefix-text-1.")
         options.update({name: getattr(args, name) for name in dia2_only if getattr(args, name) is not None})
@@ -141,46 +205,54 @@ def _speak(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"{', '.join(given)} apply to Dia2 models only.")
         options.update(audio_prompt=str(args.prompt) if args.prompt is not None else None,
                        audio_prompt_transcript=args.prompt_text)
-    try:
-        speech = tts.generate(script, seed=args.seed, max_new_tokens=args.max_new_tokens,
-                              progress=None if bar is None else on_progress, **options)
-    finally:
-        if bar is not None:
-            bar.close()
-    try:
-        speech.save(args.output)
-    except OSError as exc:
-        raise FasterDiaError(f"Cannot write {args.output}: {exc}") from exc
-    print(f"wrote {args.output} ({speech.duration:.2f} s at {speech.sample_rate} Hz), seed {speech.seed}")
-    return 0
+    return options
 
 
 def _serve(args: argparse.Namespace) -> int:
     import os
+    import socket
 
     try:
-        from .server import run
+        from .server import ModelSpec, serve
     except ImportError as exc:
         raise FasterDiaError(f"The server needs its extra dependencies: pip install 'faster-dia[server]' ({exc}).") \
             from exc
-    from .api import DEFAULT_MODEL, load
+    from .loading import DEFAULT_MODEL, check_load_options
 
-    if args.max_queue < 0:
+    # Everything that needs no model is checked first, the port included: loading takes minutes.
+    if not 1 <= args.port <= 65535:
+        raise FasterDiaError(f"--port must be between 1 and 65535, got {args.port}.")
+    if args.max_queue is not None and args.max_queue < 0:
         raise FasterDiaError("--max-queue must be 0 or more.")
-    if args.chunk_frames < 1:
-        raise FasterDiaError("--chunk-frames must be at least 1.")
-    if args.seed is not None and args.seed < 0:
-        raise FasterDiaError("--seed must be 0 or more.")
+    if args.chunk_seconds is not None and not 0 < args.chunk_seconds <= 60:
+        raise FasterDiaError("--chunk-seconds must be above 0 and at most 60.")
+    if args.seed is not None and not 0 <= args.seed < 1 << 64:
+        raise FasterDiaError("--seed must be between 0 and 2**64 - 1.")
+    if args.idle_unload is not None and not args.idle_unload > 0:
+        raise FasterDiaError("--idle-unload must be a positive number of seconds.")
+    options = {**_load_options(args), "max_queue": args.max_queue}
+    check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "max_queue", "cuda_graphs")})
     keys = [k for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("FASTER_DIA_API_KEYS", "").split(",") if k.strip()]
     logging.getLogger("faster_dia").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    tts = load(args.model or DEFAULT_MODEL, device=args.device, dtype=args.dtype, codec=args.codec,
-               revision=args.revision, max_batch=args.max_batch, cuda_graphs=args.cuda_graphs)
+    models = args.model or [DEFAULT_MODEL]
+    codecs = args.codec or []
+    if len(codecs) > len(models):
+        raise FasterDiaError(f"{len(codecs)} --codec options for {len(models)} models: give at most one per --model.")
+    codecs += [None] * (len(models) - len(codecs))
+    specs = [ModelSpec(model, {**options, "codec": codec}) for model, codec in zip(models, codecs, strict=True)]
+    try:
+        sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET,
+                                    reuse_port=False)
+    except OSError as exc:
+        raise FasterDiaError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from exc
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("faster_dia.server").warning(
             "listening on %s without API keys: anyone who can reach it can use it", args.host)
-    run(tts, host=args.host, port=args.port, api_keys=keys, max_queue=args.max_queue,
-        chunk_frames=args.chunk_frames, default_seed=args.seed, log_level="debug" if args.verbose else "info")
+    with sock:
+        serve(specs, sock=sock, api_keys=keys, default_model=args.default_model, lazy=args.lazy,
+              idle_unload=args.idle_unload, chunk_seconds=args.chunk_seconds, default_seed=args.seed,
+              metrics_public=args.metrics_public, log_level="debug" if args.verbose else "info")
     return 0
 
 

@@ -12,6 +12,7 @@ import importlib
 import json
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .errors import CheckpointError, InvalidInputError
@@ -48,6 +49,13 @@ def family_of(config: Any, source: str) -> Any:
                 return family
     known = ", ".join(importlib.import_module(name).FAMILY for name in FAMILIES)
     raise CheckpointError(f"{source} is not the config of a supported model family ({known}).")
+
+
+def public_id(model: str | os.PathLike) -> str:
+    """The name a model goes by (``model_id``, the server's listings): a Hub id as given, a local directory
+    by its name, so that logs and listings do not show where the files are."""
+    path = Path(model)
+    return path.resolve().name if path.is_dir() else str(model)
 
 
 def read_config(model: str | os.PathLike, revision: str | None = None) -> tuple[dict[str, Any], str]:
@@ -158,6 +166,8 @@ def load(
     if cuda_graphs and dev.type != "cuda":
         raise InvalidInputError(f"CUDA graphs need a CUDA device; the model would run on {dev.type}.",
                                 param="cuda_graphs")
-    return family.load(model, revision=revision, device=dev, dtype=pick_dtype(dtype, dev), codec=codec,
-                       codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
-                       step_mode=resolve_mode(dev, cuda_graphs))
+    tts = family.load(model, revision=revision, device=dev, dtype=pick_dtype(dtype, dev), codec=codec,
+                      codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
+                      step_mode=resolve_mode(dev, cuda_graphs))
+    tts.model_id = public_id(model)
+    return tts

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -47,16 +47,24 @@ class Speech:
     def duration(self) -> float:
         return len(self.audio) / self.sample_rate
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write a 16-bit PCM WAV file."""
+    def save(self, path: str | os.PathLike | BinaryIO) -> Path | BinaryIO:
+        """Write a 16-bit PCM WAV file (to a path, or to a binary file object)."""
+        if not isinstance(path, (str, os.PathLike)):
+            self._write_wav(path)
+            return path
         path = Path(path)
+        # Opened here rather than by wave.open, which leaves a half-built writer behind when the open fails.
+        with open(path, "wb") as file:
+            self._write_wav(file)
+        return path
+
+    def _write_wav(self, file: BinaryIO) -> None:
         pcm = (np.clip(self.audio, -1.0, 1.0) * 32767.0).round().astype("<i2")
-        with wave.open(str(path), "wb") as out:
+        with wave.open(file, "wb") as out:
             out.setnchannels(1)
             out.setsampwidth(2)
             out.setframerate(self.sample_rate)
             out.writeframes(pcm.tobytes())
-        return path
 
 
 @dataclass
@@ -366,13 +374,31 @@ class SpeechModel:
         return {name: p.default for name, p in parameters.items()
                 if p.kind is inspect.Parameter.KEYWORD_ONLY and name != "progress"}
 
-    def _options(self, options: dict[str, Any]) -> dict[str, Any]:
-        defaults = self.option_defaults()
+    @classmethod
+    def _options(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` completed with the defaults; unknown names are an error."""
+        defaults = cls.option_defaults()
         unknown = sorted(set(options) - set(defaults))
         if unknown:
-            raise InvalidInputError(
-                f"Unknown option(s) for {type(self).__name__}: {', '.join(unknown)}.", param=unknown[0])
+            raise InvalidInputError(f"Unknown option(s) for {cls.__name__}: {', '.join(unknown)}.", param=unknown[0])
         return {**defaults, **options}
+
+    @classmethod
+    def _sampling(cls, options: dict[str, Any]) -> dict[str, Any]:
+        """The family's sampling parameters from complete options, each checked against its range."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Check option names, types and ranges without a model, so a caller can refuse bad options before
+        spending time on loading (the model's own limits, such as its context, are checked per request)."""
+        complete = cls._options(options)
+        cls._sampling(complete)
+        seeds = complete["seed"] if isinstance(complete["seed"], (list, tuple)) else [complete["seed"]]
+        for seed in seeds:
+            resolve_seed(seed)
+        if complete["max_new_tokens"] is not None:
+            check_integer("max_new_tokens", complete["max_new_tokens"], 0, 1 << 62)
 
     def _chunk_frames(self, chunk_seconds: float | None, chunk_frames: int | None) -> int:
         if chunk_frames is not None:

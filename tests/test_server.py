@@ -4,7 +4,6 @@ client and by plain httpx. Ordering checks use events, never wall-clock threshol
 from __future__ import annotations
 
 import base64
-import contextlib
 import io
 import json
 import socket
@@ -20,18 +19,16 @@ import httpx
 import numpy as np
 import openai
 import pytest
-import uvicorn
+from servers import WAIT, running
 
 import faster_dia
 from faster_dia.audio import resample
 from faster_dia.server import create_app
-from faster_dia.server.uvicorn_config import uvicorn_config
 from faster_dia.testing import write_tiny_checkpoint
 
 SCRIPT = "Hello there, how are you?"
 SEED = 7
 TOKENS = 80  # decoder steps per request: about 0.75 s of audio, fast on a CPU
-WAIT = 30.0  # upper bound on any wait for the server; a test that needs it has failed anyway
 LOSSY_SLACK_SECONDS = 0.1  # mp3/aac/opus priming and padding
 
 
@@ -60,28 +57,6 @@ def reference(tts: faster_dia.TextToSpeech, seed: int = SEED, tokens: int = TOKE
     if (seed, tokens) not in _references:
         _references[seed, tokens] = tts.generate(SCRIPT, seed=seed, max_new_tokens=tokens)
     return _references[seed, tokens]
-
-
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
-        sock.close()
 
 
 @pytest.fixture(scope="module")

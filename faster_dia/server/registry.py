@@ -11,16 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import anyio
 
 from ..errors import InvalidInputError, ModelNotFoundError
-from ..loading import family_of, read_config
+from ..loading import family_of, public_id, read_config
 
 log = logging.getLogger("faster_dia.server")
 
@@ -37,12 +35,6 @@ KNOWN_ALIASES = {
 FAMILY_ALIASES = {"dia1": "dia", "dia2": "dia2"}
 #: The sample rate of each family's codec, shown for models that are not loaded yet.
 FAMILY_SAMPLE_RATES = {"dia1": 44100, "dia2": 24000}
-
-
-def public_id(reference: str | os.PathLike) -> str:
-    """The id a model is listed under: a Hub id as given, a local directory by its name."""
-    path = Path(reference)
-    return path.resolve().name if path.is_dir() else str(reference)
 
 
 @dataclass

@@ -86,12 +86,7 @@ class Dia1TextToSpeech(SpeechModel):
         seeds = per_item(options["seed"], n, "seed", offset_ints=True)
         prompts = per_item(options["audio_prompt"], n, "audio_prompt")
         transcripts = per_item(options["audio_prompt_transcript"], n, "audio_prompt_transcript")
-        sampling = dict(
-            temperature=check_number("temperature", options["temperature"], *TEMPERATURE_RANGE),
-            top_p=check_number("top_p", options["top_p"], 0.0, 1.0, low_open=True),
-            top_k=check_integer("top_k", options["top_k"], *TOP_K_RANGE),
-            cfg_scale=check_number("cfg_scale", options["cfg_scale"], *CFG_SCALE_RANGE),
-        )
+        sampling = self._sampling(options)
         max_new = options["max_new_tokens"]
         if max_new is not None:
             max_new = check_integer("max_new_tokens", max_new, 0, 1 << 62)  # the model's limit is checked later
@@ -101,6 +96,15 @@ class Dia1TextToSpeech(SpeechModel):
                           **sampling)
             for s, sd, p, t in zip(scripts, seeds, prompts, transcripts, strict=True)
         ]
+
+    @classmethod
+    def _sampling(cls, options: dict[str, Any]) -> dict[str, Any]:
+        return dict(
+            temperature=check_number("temperature", options["temperature"], *TEMPERATURE_RANGE),
+            top_p=check_number("top_p", options["top_p"], 0.0, 1.0, low_open=True),
+            top_k=check_integer("top_k", options["top_k"], *TOP_K_RANGE),
+            cfg_scale=check_number("cfg_scale", options["cfg_scale"], *CFG_SCALE_RANGE),
+        )
 
     def _request(self, script: str, *, seed: int, audio_prompt: Any, audio_prompt_transcript: str | None,
                  audio_prompt_sample_rate: int | None, max_new_tokens: int | None, temperature: float,

@@ -108,8 +108,8 @@ class Dia2TextToSpeech(SpeechModel):
 
     # ------------------------------------------------------------------ requests
 
-    @staticmethod
-    def _sampling(options: dict[str, Any]) -> dict[str, Any]:
+    @classmethod
+    def _sampling(cls, options: dict[str, Any]) -> dict[str, Any]:
         """``temperature``/``top_k`` (the names Dia-1.6B and OpenAI-style clients use) set text and audio alike,
         as the reference command line does; the specific settings win."""
         if options["top_p"] is not None:
