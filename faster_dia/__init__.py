@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     CancelledError,
     CheckpointError,
+    ConflictError,
     FasterDiaError,
     InvalidInputError,
     ModelNotFoundError,
+    NotFoundError,
     OverloadedError,
+    PayloadTooLargeError,
 )
 
 __version__ = "0.1.0"
@@ -31,6 +34,8 @@ _LAZY = {
     "Dia1TextToSpeech": "faster_dia.models.dia1.tts",
     "TextToSpeech": "faster_dia.models.dia1.tts",
     "Dia2TextToSpeech": "faster_dia.models.dia2.tts",
+    "Voice": "faster_dia.voices",
+    "VoiceLibrary": "faster_dia.voices",
 }
 
 if TYPE_CHECKING:
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
     from .models.dia1.tts import Dia1TextToSpeech, TextToSpeech
     from .models.dia2.tts import Dia2TextToSpeech
     from .speech import AsyncSpeechStream, Progress, Speech, SpeechModel, SpeechStream
+    from .voices import Voice, VoiceLibrary
 
 
 def __getattr__(name: str) -> Any:
@@ -53,16 +59,21 @@ __all__ = [
     "AsyncSpeechStream",
     "CancelledError",
     "CheckpointError",
+    "ConflictError",
     "Dia1TextToSpeech",
     "Dia2TextToSpeech",
     "FasterDiaError",
     "InvalidInputError",
     "ModelNotFoundError",
+    "NotFoundError",
     "OverloadedError",
+    "PayloadTooLargeError",
     "Progress",
     "Speech",
     "SpeechModel",
     "SpeechStream",
     "TextToSpeech",
+    "Voice",
+    "VoiceLibrary",
     "load",
 ]

@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--cfg-scale", type=float, default=None, help="guidance (default 3.0 Dia-1.6B, 2.0 Dia2)")
     speak.add_argument("--max-new-tokens", type=int, default=None,
                        help="Dia-1.6B: decoder steps (86 = 1 s); Dia2: frames (12.5 = 1 s); default: as many as fit")
+    speak.add_argument("--voice", default=None,
+                       help="speak [S1] in a stored voice (its name), a clip (a path; transcribed automatically) or a "
+                            "built-in name such as alloy")
+    speak.add_argument("--voices-dir", type=Path, default=None, help="the voice library (default: see 'voices')")
+    speak.add_argument("--asr-model", default=None,
+                       help="speech recognition model for clips without a transcript (a Whisper size or a CTranslate2 "
+                            "directory; default $FASTER_DIA_ASR_MODEL or base.en)")
     speak.add_argument("--prompt", type=Path, default=None, help="Dia-1.6B voice prompt audio (wav, flac, mp3, ogg)")
     speak.add_argument("--prompt-text", default=None, help="transcript of the voice prompt, with speaker tags")
     dia2 = speak.add_argument_group("Dia2 options")
@@ -94,7 +101,26 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, default=None,
                        help="seed for requests that send none, so every request gets the same voice "
                             "(default: a random seed per request)")
+    serve.add_argument("--voices-dir", type=Path, default=None,
+                       help="the voice library (default $FASTER_DIA_VOICES_DIR or ~/.local/share/faster-dia/voices)")
+    serve.add_argument("--asr-model", default=None,
+                       help="speech recognition model: a Whisper size or a CTranslate2 directory (default "
+                            "$FASTER_DIA_ASR_MODEL or base.en), loaded on first use")
     serve.set_defaults(handler=_serve)
+
+    voices = sub.add_parser("voices", help="manage the voice library",
+                            description="Example: faster-dia voices add alice alice.wav")
+    voices.add_argument("--voices-dir", type=Path, default=None,
+                        help="the voice library (default $FASTER_DIA_VOICES_DIR or ~/.local/share/faster-dia/voices)")
+    actions = voices.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="add a voice from a clip of 1-20 s of speech")
+    add.add_argument("name")
+    add.add_argument("file", type=Path)
+    add.add_argument("--transcript", default=None, help="what the clip says (default: transcribed automatically)")
+    add.add_argument("--asr-model", default=None, help="speech recognition model used when no transcript is given")
+    actions.add_parser("list", help="list the stored voices")
+    remove = actions.add_parser("rm", help="remove a voice")
+    remove.add_argument("name")
     return parser
 
 
@@ -127,9 +153,8 @@ def _speak(args: argparse.Namespace) -> int:
     script = normalize_script(_read_script(args))
     if args.prompt is not None and not args.prompt.exists():
         raise FasterDiaError(f"Voice prompt file not found: {args.prompt}")
-    if args.prompt is not None and not args.prompt_text:
-        raise InvalidInputError("--prompt needs --prompt-text: the model continues the prompt's transcript, "
-                                "and without it the output is garbled.")
+    if args.prompt is not None and args.voice is not None:
+        raise InvalidInputError("Give either --voice or --prompt, not both.")
     if args.prompt_text and args.prompt is None:
         raise InvalidInputError("--prompt-text was given without --prompt.")
     if not args.output.parent.is_dir():
@@ -145,6 +170,13 @@ def _speak(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     tts = load(model, **_load_options(args))
+    if args.voice is not None:
+        from .voices import VoiceLibrary
+
+        tts.voices = VoiceLibrary(args.voices_dir)
+        options["voice"] = args.voice
+    if args.asr_model is not None:
+        tts.asr = args.asr_model
     # tqdm writes ", " before a postfix itself.
     bar = None if args.no_progress else tqdm(desc="generating", unit="s audio", bar_format=(
         "{desc}: {n:.1f}s of audio [{elapsed}{postfix}]"), postfix="starting")
@@ -252,8 +284,46 @@ def _serve(args: argparse.Namespace) -> int:
     with sock:
         serve(specs, sock=sock, api_keys=keys, default_model=args.default_model, lazy=args.lazy,
               idle_unload=args.idle_unload, chunk_seconds=args.chunk_seconds, default_seed=args.seed,
-              metrics_public=args.metrics_public, log_level="debug" if args.verbose else "info")
+              metrics_public=args.metrics_public, voices=args.voices_dir, asr_model=args.asr_model,
+              log_level="debug" if args.verbose else "info")
     return 0
+
+
+def _voices(args: argparse.Namespace) -> int:
+    from .voices import VoiceLibrary
+
+    library = VoiceLibrary(args.voices_dir)
+    if args.action == "list":
+        stored = library.list()
+        if not stored:
+            print(f"no voices in {library.path}")
+        for voice in stored:
+            transcript = voice.transcript or "(not transcribed yet)"
+            print(f"{voice.name}\t{voice.duration:.1f} s\t{transcript[:60]}{'...' if len(transcript) > 60 else ''}")
+        return 0
+    if args.action == "rm":
+        voice = library.remove(args.name)
+        print(f"removed {voice.name}")
+        return 0
+    transcriber = None
+    if args.transcript is None:
+        transcriber = _transcriber(args.asr_model)
+    voice = library.add(args.name, args.file, transcript=args.transcript, source="cli", transcriber=transcriber)
+    said = f': "{voice.transcript}"' if voice.transcript else " (no transcript: speech recognition is not available)"
+    print(f"added {voice.name} ({voice.duration:.1f} s) to {library.path}{said}")
+    return 0
+
+
+def _transcriber(model: str | None):
+    """A ``(pcm, rate) -> Transcript`` function, or None (with a note) when speech recognition is unavailable."""
+    from . import asr
+
+    try:
+        recognizer = asr.load(model)
+    except FasterDiaError as exc:
+        print(f"note: {exc.message}", file=sys.stderr)
+        return None
+    return lambda pcm, rate: recognizer.transcribe(pcm, sample_rate=rate)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -266,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             return _speak(args)
         if args.command == "serve":  # registered by the server module when installed
             return args.handler(args)
+        if args.command == "voices":
+            return _voices(args)
     except FasterDiaError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

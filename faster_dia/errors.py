@@ -36,6 +36,27 @@ class ModelNotFoundError(FasterDiaError, FileNotFoundError):
     http_status = 404
 
 
+class NotFoundError(FasterDiaError, LookupError):
+    """Something the request names (a voice, a file) does not exist."""
+
+    error_type = "invalid_request_error"
+    http_status = 404
+
+
+class ConflictError(FasterDiaError):
+    """The request would replace something that exists (a voice of the same name)."""
+
+    error_type = "invalid_request_error"
+    http_status = 409
+
+
+class PayloadTooLargeError(FasterDiaError):
+    """An upload is larger than the limit."""
+
+    error_type = "invalid_request_error"
+    http_status = 413
+
+
 class CheckpointError(FasterDiaError):
     """A checkpoint exists but its files do not match any supported layout."""
 

@@ -147,6 +147,14 @@ def per_item(value: Any, n: int, name: str, *, offset_ints: bool = False) -> lis
     return [value] * n
 
 
+def _word_times(transcript: Any) -> list[tuple[str, float, float]]:
+    return [(w.word.strip(), float(w.start), float(w.end)) for w in transcript.words if w.word.strip()]
+
+
+def _text_and_words(transcript: Any) -> tuple[str, list[tuple[str, float, float]]]:
+    return transcript.text.strip(), _word_times(transcript)
+
+
 # ---------------------------------------------------------------------- prompt audio
 
 
@@ -200,6 +208,27 @@ def coerce_prompt_audio(value: Any, codec: Any, *, param: str, sample_rate: int 
 
         pcm = resample(pcm, sample_rate, codec.sample_rate)
     return PromptAudio(codec.encode(pcm), pcm)
+
+
+# ---------------------------------------------------------------------- voices
+
+
+@dataclass
+class SpeakerVoice:
+    """One speaker's voice in a request: the clip's codec codes and what is said in them."""
+
+    codes: torch.Tensor  # [frames, codebooks]
+    transcript: str  # plain words, no speaker tag
+    words: list[tuple[str, float, float]] | None  # (word, start s, end s) when known
+
+
+def _voice_reference(value: Any, param: str) -> Any:
+    """A voice as given: a name, a :class:`~faster_dia.voices.Voice`, ``{"id": ...}`` or a path."""
+    if isinstance(value, dict):
+        if not isinstance(value.get("id"), str):
+            raise InvalidInputError(f"{param} given as an object needs an 'id'.", param=param)
+        return value["id"]
+    return value
 
 
 # ---------------------------------------------------------------------- streams
@@ -327,6 +356,82 @@ class SpeechModel:
         self.variant = variant
         self.config = model.config
         self.engine = Engine(generator, max_queue=max_queue)
+        #: The speech recognizer that transcribes voice prompts given without a transcript: a loaded
+        #: ``faster_dia.asr`` recognizer, a model name or directory, or None for the default one (loaded on
+        #: first need).
+        self.asr = None
+
+    #: The voice library that ``voice=`` names are looked up in (``faster_dia.VoiceLibrary``); None: none.
+    voices = None
+
+    def _voice_choice(self, voice: Any, voices: Any) -> tuple[dict[str, SpeakerVoice], int | None]:
+        """The speakers' voices of a request (``"S1"``/``"S2"`` → voice) and the seed a built-in voice name
+        stands for (None when no built-in name was given). ``voice`` is speaker 1's; ``voices`` maps speakers
+        to voices. A voice is a stored voice's name or id, a :class:`~faster_dia.voices.Voice`, OpenAI's
+        ``{"id": ...}``, a built-in name (alloy, echo, ...: a fixed seed, no clip), or a path to a clip, which
+        is transcribed automatically."""
+        if voice is not None and voices is not None:
+            raise InvalidInputError("Give either voice (speaker 1) or voices (per speaker), not both.", param="voices")
+        if voices is None:
+            wanted = {} if voice is None else {"S1": voice}
+        elif isinstance(voices, dict):
+            wanted = {}
+            for key, value in voices.items():
+                speaker = str(key).strip("[]").upper()
+                if speaker not in ("S1", "S2"):
+                    raise InvalidInputError(f"voices keys are the speakers S1 and S2, got {key!r}.", param="voices")
+                wanted[speaker] = value
+            if "S2" in wanted and "S1" not in wanted:
+                raise InvalidInputError("voices needs S1 when it has S2 (the prompt starts with speaker 1).",
+                                        param="voices")
+        else:
+            raise InvalidInputError("voices maps speakers to voices, e.g. {\"S1\": \"alice\", \"S2\": \"bob\"}.",
+                                    param="voices")
+        from .voices import BUILTIN_VOICES, Voice, builtin_seed
+
+        speakers: dict[str, SpeakerVoice] = {}
+        seed = None
+        param = "voice" if voices is None else "voices"
+        for speaker in sorted(wanted):
+            ref = _voice_reference(wanted[speaker], param)
+            if isinstance(ref, str) and ref.strip().lower() in BUILTIN_VOICES:
+                if speaker == "S1":
+                    seed = builtin_seed(ref.strip().lower())
+                continue
+            if isinstance(ref, Voice):
+                speakers[speaker] = self._stored_voice(ref, param)
+            elif isinstance(ref, str) and self.voices is not None and ref in self.voices:
+                speakers[speaker] = self._stored_voice(self.voices.get(ref, param=param), param)
+            elif isinstance(ref, (str, os.PathLike)) and os.path.isfile(ref):
+                prompt = coerce_prompt_audio(ref, self.codec, param=param, sample_rate=None, rate_param=param)
+                text, words = _text_and_words(self._transcribe(prompt.pcm, param))
+                speakers[speaker] = SpeakerVoice(prompt.codes, text, words)
+            elif self.voices is not None:
+                self.voices.get(str(ref), param=param)  # raises NotFoundError naming the stored voices
+            else:
+                raise InvalidInputError(
+                    f"There is no voice {ref!r}: it is not a built-in name ({', '.join(BUILTIN_VOICES)}) nor an "
+                    "audio file, and no voice library is set (faster_dia.load(..., voices=DIR)).", param=param)
+        return speakers, seed
+
+    def _stored_voice(self, voice: Any, param: str) -> SpeakerVoice:
+        """A stored voice's codes for this model's codec (cached beside the voice) and its transcript, which
+        is made and kept the first time when the voice was stored without one."""
+        if voice.transcript is None:
+            voice.keep_transcript(*_text_and_words(self._transcribe(voice.load_audio(self.sample_rate)[0], param)))
+        return SpeakerVoice(voice.codes(self.codec), voice.transcript, voice.words)
+
+    def _transcribe(self, pcm: np.ndarray, param: str):
+        """A voice prompt's words (text and word times, a ``faster_dia.asr.Transcript``), for prompts given
+        without their transcript."""
+        recognizer = self.asr
+        if recognizer is None or isinstance(recognizer, (str, os.PathLike)):
+            from . import asr
+
+            self.asr = recognizer = asr.load(recognizer, param=param)
+        elif hasattr(recognizer, "load"):  # a LazyRecognizer shared with a server: loaded on first need
+            recognizer = recognizer.load()
+        return recognizer.transcribe(pcm, sample_rate=self.sample_rate)
 
     @property
     def sample_rate(self) -> int:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Servers built without an explicit voice library use the default one: keep it out of the user's home.
+os.environ.setdefault("FASTER_DIA_VOICES_DIR", tempfile.mkdtemp(prefix="faster-dia-voices-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

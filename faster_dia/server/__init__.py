@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import Iterable, Sequence
 
@@ -29,6 +30,8 @@ def serve(
     chunk_seconds: float | None = None,
     default_seed: int | None = None,
     metrics_public: bool = False,
+    voices: str | os.PathLike | None = None,
+    asr_model: str | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``specs`` on the already bound ``sock`` until interrupted. Without ``lazy`` every model is loaded
@@ -41,7 +44,7 @@ def serve(
     if not lazy:
         registry.load_all()
     app = create_app(registry, api_keys=api_keys, chunk_seconds=chunk_seconds, default_seed=default_seed,
-                     metrics_public=metrics_public)
+                     metrics_public=metrics_public, voices=voices, asr_model=asr_model)
     host, port = sock.getsockname()[:2]
     log.info("serving %s on http://%s:%d", ", ".join(m.id for m in registry.models), host, port)
     # One process: several uvicorn workers would each load their own copy of every model.

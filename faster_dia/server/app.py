@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
+import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,18 +19,25 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from .. import __version__
+from ..asr import LazyRecognizer
+from ..errors import FasterDiaError
+from ..voices import MAX_UPLOAD_BYTES, VoiceLibrary
 from .docs import install_docs
 from .errors import install_error_handlers
 from .metrics import Metrics, RequestCounter
 from .middleware import ApiKeyAuth, BodyLimit, HeadAsGet, RequestContext
 from .registry import HostedModel, ModelRegistry
 
+log = logging.getLogger("faster_dia.server")
+
 DEFAULT_MAX_BODY_BYTES = 1 << 20
+#: Routes that take audio uploads: they get a body limit of the largest audio file plus the form around it.
+UPLOAD_PATHS = ("/v1/voices", "/v1/audio/voices", "/v1/audio/transcriptions", "/v1/audio/translations")
 #: Audio per streamed chunk. Small enough for a quick first byte, large enough that a chunk's codec decode
 #: and encode cost little per second of audio; the same for every family.
 DEFAULT_CHUNK_SECONDS = 0.37
 
-ROUTERS = ("speech", "models", "health", "metrics")
+ROUTERS = ("speech", "models", "health", "metrics", "transcriptions", "voices")
 
 
 @dataclass
@@ -40,6 +49,18 @@ class ServerState:
     default_seed: int | None = None
     metrics_public: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    asr: LazyRecognizer = field(default_factory=LazyRecognizer)  # speech recognition, loaded on first use
+    voices: VoiceLibrary | None = None
+
+    async def transcriber(self) -> Any:
+        """``(pcm, rate) -> Transcript`` with the server's recognizer, or None when speech recognition is not
+        available (clips are then kept untranscribed and transcribed when the recognizer can be loaded)."""
+        try:
+            recognizer = await self.asr.get()
+        except FasterDiaError as exc:
+            log.warning("speech recognition is not available: %s", exc.message)
+            return None
+        return lambda pcm, rate: recognizer.transcribe(pcm, sample_rate=rate)
 
     @property
     def in_flight(self) -> int:
@@ -66,6 +87,8 @@ def create_app(
     default_seed: int | None = None,
     metrics_public: bool = False,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    asr_model: Any = None,
+    voices: VoiceLibrary | str | os.PathLike | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible speech server around one or more models.
 
@@ -74,7 +97,11 @@ def create_app(
     ``Retry-After``) is each model's engine's. ``chunk_seconds`` is the audio per streamed chunk (or
     ``chunk_frames`` in codec frames). ``default_seed`` is used by requests that send no seed, so clients
     that cannot send one (Open WebUI, SillyTavern) still get the same voice on every request. ``/metrics``
-    needs a key when keys are set, unless ``metrics_public``.
+    needs a key when keys are set, unless ``metrics_public``. ``asr_model`` is the Whisper model of
+    ``/v1/audio/transcriptions`` (see ``faster_dia.asr.load``; None: the default), loaded on first use; it
+    also transcribes voices and voice prompts given without a transcript. ``voices`` is the voice library (a
+    directory or a :class:`~faster_dia.voices.VoiceLibrary`; default :func:`~faster_dia.voices.default_voices_dir`),
+    shared by every hosted model.
     """
     if isinstance(models, ModelRegistry):
         registry = models
@@ -83,7 +110,13 @@ def create_app(
         registry = ModelRegistry([HostedModel(tts=tts) for tts in loaded], default=default_model,
                                  idle_unload=idle_unload)
     state = ServerState(models=registry, metrics=Metrics(registry), chunk_seconds=chunk_seconds,
-                        chunk_frames=chunk_frames, default_seed=default_seed, metrics_public=metrics_public)
+                        chunk_frames=chunk_frames, default_seed=default_seed, metrics_public=metrics_public,
+                        asr=asr_model if isinstance(asr_model, LazyRecognizer) else LazyRecognizer(asr_model))
+
+    if not isinstance(voices, VoiceLibrary):
+        voices = VoiceLibrary(voices)
+    state.voices = voices
+    registry.share(voices=voices, asr=state.asr)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -101,7 +134,8 @@ def create_app(
     for name in ROUTERS:
         app.include_router(importlib.import_module(f"{__package__}.routes.{name}").router)
     # Added innermost first: RequestContext wraps everything, so 401/413 answers carry a request id too.
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes, upload_paths=UPLOAD_PATHS,
+                       max_upload_bytes=MAX_UPLOAD_BYTES + (1 << 20))
     public = ApiKeyAuth.PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
     app.add_middleware(ApiKeyAuth, keys=list(api_keys), public_paths=public)
     app.add_middleware(HeadAsGet)

@@ -135,17 +135,25 @@ class ApiKeyAuth:
 
 
 class BodyLimit:
-    """Refuses request bodies over ``max_bytes`` with 413, whether announced by Content-Length or sent
+    """Refuses request bodies over ``max_bytes`` (``max_upload_bytes`` on the routes that take audio
+    uploads) with 413, whether announced by Content-Length or sent
     chunked. Bodies here are small JSON documents, so the body is read up front and replayed; a JSON
     object sent without a JSON content type is labelled as JSON on the way."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_paths: Iterable[str] = (), max_upload_bytes: int = 0):
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max_bytes = max_bytes
+        #: Routes that take audio uploads (multipart) get the larger limit.
+        self.upload_paths = tuple(upload_paths)
+        self.max_upload_bytes = max(max_upload_bytes, max_bytes)
 
-    async def _too_large(self, send: Send) -> None:
+    def _limit(self, scope: Scope) -> int:
+        path = scope.get("path", "")
+        return self.max_upload_bytes if path in self.upload_paths else self.default_max_bytes
+
+    async def _too_large(self, send: Send, limit: int) -> None:
         await _send_json(send, 413, error_body(
-            f"The request body is larger than {self.max_bytes} bytes.", "invalid_request_error", None,
+            f"The request body is larger than {limit} bytes.", "invalid_request_error", None,
             "request_too_large",
         ))
 
@@ -153,9 +161,10 @@ class BodyLimit:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
+        limit = self._limit(scope)
         length = _header(scope, b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._too_large(send)
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._too_large(send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -165,8 +174,8 @@ class BodyLimit:
                 return
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
-                await self._too_large(send)
+            if size > limit:
+                await self._too_large(send, limit)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

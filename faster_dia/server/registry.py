@@ -48,6 +48,9 @@ class ModelSpec:
 class HostedModel:
     """One model of the server, loaded or not."""
 
+    #: Called with each model once it is loaded (the server gives it the shared voice library and recognizer).
+    on_load: Any = None
+
     def __init__(self, *, spec: ModelSpec | None = None, tts: Any = None, family: str | None = None):
         if spec is None and tts is None:
             raise ValueError("a hosted model needs a spec or a loaded model")
@@ -96,6 +99,8 @@ class HostedModel:
             self.error = str(exc)
             raise
         self.error = None
+        if self.on_load is not None:
+            self.on_load(self.tts)
         self.load_seconds = time.perf_counter() - started
         log.info("loaded model %s (%s) in %.1f s", self.id, self.family, self.load_seconds)
 
@@ -181,6 +186,20 @@ class ModelRegistry:
                 param="model", code="model_not_found",
             )
         return model
+
+    def share(self, *, voices: Any = None, asr: Any = None) -> None:
+        """Give every model, loaded now or later, the server's voice library and speech recognizer."""
+
+        def attach(tts: Any) -> None:
+            if voices is not None:
+                tts.voices = voices
+            if asr is not None:
+                tts.asr = asr
+
+        for model in self.models:
+            model.on_load = attach
+            if model.tts is not None:
+                attach(model.tts)
 
     def load_all(self) -> None:
         """Load every model that is not loaded (server start without ``--lazy``)."""

@@ -42,7 +42,11 @@ class SpeechRequest(BaseModel):
     model: str | None = Field(None, description="a model id or alias from /v1/models; tts-1, tts-1-hd and "
                                                 "gpt-4o-mini-tts pick the default model")
     input: str = Field(description=f"the script, at most {MAX_INPUT_CHARS} characters (alias: text)")
-    voice: str | VoiceRef | None = Field(None, description="accepted; every voice currently sounds alike")
+    voice: str | VoiceRef | None = Field(
+        None, description="a stored voice (name or id, see /v1/voices) or a built-in name (alloy, echo, ...: a "
+                          "fixed voice of the model, chosen by seed)")
+    voices: dict[str, str | VoiceRef] | None = Field(
+        None, description='a voice per speaker, e.g. {"S1": "alice", "S2": "bob"} (instead of voice)')
     instructions: str | None = Field(None, description="accepted and ignored: Dia takes no style prompt")
     response_format: str = Field("mp3", description="mp3, opus, aac, flac, wav or pcm (24 kHz s16le)")
     speed: Number | None = Field(None, description=f"{MIN_SPEED} to {MAX_SPEED}, default 1.0 (alias: speed_factor)")
@@ -84,10 +88,16 @@ class SpeechRequest(BaseModel):
     @field_validator("voice")
     @classmethod
     def _valid_voice(cls, value: str | VoiceRef | None) -> str | VoiceRef | None:
-        if isinstance(value, str):
-            reject_surrogates(value, "voice")
-        elif isinstance(value, VoiceRef):
-            reject_surrogates(value.id, "voice")
+        if value is not None:
+            reject_surrogates(value.id if isinstance(value, VoiceRef) else value, "voice")
+        return value
+
+    @field_validator("voices")
+    @classmethod
+    def _valid_voices(cls, value: dict[str, str | VoiceRef] | None) -> dict[str, str | VoiceRef] | None:
+        for key, voice in (value or {}).items():
+            reject_surrogates(key, "voices")
+            reject_surrogates(voice.id if isinstance(voice, VoiceRef) else voice, "voices")
         return value
 
     @field_validator("input", "instructions")
@@ -109,6 +119,15 @@ class SpeechRequest(BaseModel):
 
     def voice_id(self) -> str | None:
         return self.voice.id if isinstance(self.voice, VoiceRef) else self.voice
+
+    def voice_fields(self) -> dict[str, Any]:
+        """``voice`` / ``voices`` as the models take them (names or ids)."""
+        fields: dict[str, Any] = {}
+        if self.voice is not None:
+            fields["voice"] = self.voice_id()
+        if self.voices is not None:
+            fields["voices"] = {k: v.id if isinstance(v, VoiceRef) else v for k, v in self.voices.items()}
+        return fields
 
     def sampling_fields(self) -> dict[str, Any]:
         """The sampling fields the client set (the model's family maps them onto its own options)."""

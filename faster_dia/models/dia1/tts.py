@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from ...errors import InvalidInputError
+from ...errors import FasterDiaError, InvalidInputError
 from ...script import SPEAKER_TAGS, encode_script, join_prompt_transcript, normalize_script
 from ...speech import (
     Progress,
+    PromptAudio,
     Speech,
     SpeechModel,
     check_integer,
@@ -56,6 +57,8 @@ class Dia1TextToSpeech(SpeechModel):
         audio_prompt: Any = None,
         audio_prompt_transcript: str | Sequence[str | None] | None = None,
         audio_prompt_sample_rate: int | None = None,
+        voice: Any = None,
+        voices: dict[str, Any] | None = None,
         progress: Callable[[Progress], None] | None = None,
     ) -> Speech | list[Speech]:
         """Generate speech for one script, or for a list of scripts as one batch.
@@ -63,11 +66,16 @@ class Dia1TextToSpeech(SpeechModel):
         For a list, ``seed`` may be one integer (item i uses seed + i) or a list, and ``audio_prompt`` /
         ``audio_prompt_transcript`` may be single values shared by all items or lists with None entries.
         ``temperature`` 0–5 (0 greedy), ``top_p`` (0, 1], ``top_k`` 1–65536, ``cfg_scale`` 0–30,
-        ``max_new_tokens`` decoder steps (86 ≈ 1 s)."""
+        ``max_new_tokens`` decoder steps (86 ≈ 1 s).
+
+        ``voice`` speaks speaker 1 in a voice: a stored voice's name (``tts.voices``), a clip's path
+        (transcribed automatically), or a built-in name such as ``"alloy"`` (a fixed seed of its own).
+        ``voices={"S1": ..., "S2": ...}`` gives both speakers a voice: their clips and transcripts are joined
+        into one prompt. An ``audio_prompt`` without its transcript is transcribed automatically."""
         return self._generate(script, dict(
             seed=seed, temperature=temperature, top_p=top_p, top_k=top_k, cfg_scale=cfg_scale,
             max_new_tokens=max_new_tokens, audio_prompt=audio_prompt, audio_prompt_transcript=audio_prompt_transcript,
-            audio_prompt_sample_rate=audio_prompt_sample_rate), progress)
+            audio_prompt_sample_rate=audio_prompt_sample_rate, voice=voice, voices=voices), progress)
 
     def openai_options(self, fields: dict[str, Any]) -> dict[str, Any]:
         options = {name: fields[name] for name in ("seed", "temperature", "top_p", "cfg_scale", "max_new_tokens")
@@ -83,6 +91,16 @@ class Dia1TextToSpeech(SpeechModel):
 
     def _requests(self, scripts: list[str], options: dict[str, Any]) -> list[Dia1Request]:
         n = len(scripts)
+        speakers, voice_seed = self._voice_choice(options["voice"], options["voices"])
+        if speakers:
+            if options["audio_prompt"] is not None or options["audio_prompt_transcript"] is not None:
+                raise InvalidInputError("Give either a voice or an audio_prompt, not both.", param="audio_prompt")
+            # Both speakers' clips form one prompt, their transcripts one transcript with the speaker tags.
+            options = {**options, "audio_prompt": torch.cat([v.codes for v in speakers.values()]),
+                       "audio_prompt_transcript": " ".join(f"[{speaker}] {_untagged(v.transcript)}"
+                                                           for speaker, v in speakers.items())}
+        if options["seed"] is None and voice_seed is not None:
+            options = {**options, "seed": voice_seed}
         seeds = per_item(options["seed"], n, "seed", offset_ints=True)
         prompts = per_item(options["audio_prompt"], n, "audio_prompt")
         transcripts = per_item(options["audio_prompt_transcript"], n, "audio_prompt_transcript")
@@ -113,26 +131,39 @@ class Dia1TextToSpeech(SpeechModel):
         prompt = None
         transcript = None
         if audio_prompt is not None:
+            coerced = coerce_prompt_audio(audio_prompt, self.codec, param="audio_prompt",
+                                          sample_rate=audio_prompt_sample_rate, rate_param="audio_prompt_sample_rate")
+            prompt = coerced.codes
             if not audio_prompt_transcript or not str(audio_prompt_transcript).strip():
-                raise InvalidInputError(
-                    "A voice prompt needs its transcript (audio_prompt_transcript): the model continues the "
-                    "transcript's speech, and without it the output is garbled.",
-                    param="audio_prompt_transcript",
-                )
+                audio_prompt_transcript = "[S1] " + self._prompt_transcript(coerced)
             transcript = normalize_script(audio_prompt_transcript, param="audio_prompt_transcript")
         elif audio_prompt_transcript:
             raise InvalidInputError(
                 "audio_prompt_transcript was given without audio_prompt.", param="audio_prompt_transcript"
             )
         tokens = self._tokens(script, text, transcript)
-        if transcript is not None:
-            prompt = coerce_prompt_audio(audio_prompt, self.codec, param="audio_prompt",
-                                         sample_rate=audio_prompt_sample_rate,
-                                         rate_param="audio_prompt_sample_rate").codes
         return Dia1Request(
             text=torch.tensor(tokens, dtype=torch.long), seed=seed, prompt=prompt, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, cfg_scale=cfg_scale,
         )
+
+    def _prompt_transcript(self, prompt: PromptAudio) -> str:
+        """What a voice prompt given without its transcript says, from speech recognition (prompts given as
+        codes are decoded first). The model continues the transcript's speech: without it the output is
+        garbled, so a prompt that cannot be transcribed is an error."""
+        pcm = prompt.pcm if prompt.pcm is not None else self.codec.decode(prompt.codes)
+        try:
+            text = self._transcribe(pcm, "audio_prompt").text.strip()
+        except (FasterDiaError, ImportError) as exc:
+            reason = getattr(exc, "message", str(exc))
+            raise InvalidInputError(
+                "A voice prompt needs its transcript (audio_prompt_transcript): the model continues the transcript's "
+                f"speech, and automatic transcription is not available ({reason}).",
+                param="audio_prompt_transcript") from exc
+        if not text:
+            raise InvalidInputError("No speech was recognized in the voice prompt; send its transcript "
+                                    "(audio_prompt_transcript).", param="audio_prompt_transcript")
+        return text
 
     def _tokens(self, script: str, text: str, transcript: str | None) -> list[int]:
         """The byte tokens the model reads, within its limit. The ``[S1]`` put in front of a script without a
@@ -154,6 +185,14 @@ class Dia1TextToSpeech(SpeechModel):
 
     def _input_tokens(self, request: Dia1Request) -> int:
         return int(request.text.shape[0])
+
+
+def _untagged(transcript: str) -> str:
+    """A transcript without a leading speaker tag (stored voices keep plain words; the tag is the speaker's)."""
+    text = transcript.strip()
+    for tag in SPEAKER_TAGS:
+        text = text.removeprefix(tag)
+    return text.strip()
 
 
 #: The name the first releases used for the Dia-1.6B class.

@@ -1,17 +1,13 @@
-"""Discovery: ``/v1/models`` (OpenAI), ``/v1/audio/models`` and ``/v1/audio/voices`` (what Open WebUI reads)."""
+"""Discovery: ``/v1/models`` (OpenAI) and ``/v1/audio/models`` (what Open WebUI reads)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
 from ..app import state_of
-from ..schemas import AudioModel, AudioModelList, ErrorResponse, ModelCard, ModelList, Voice, VoiceList
+from ..schemas import AudioModel, AudioModelList, ErrorResponse, ModelCard, ModelList
 
 router = APIRouter()
-
-#: The voice list clients get. Every voice name is accepted and sounds alike for now (the seed decides).
-VOICES = (Voice(id="dia", name="Dia (the voice follows the seed; pin it with seed)"),)
-
 
 def _card(request: Request, name: str) -> ModelCard:
     state = state_of(request)
@@ -33,8 +29,3 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
 @router.get("/v1/audio/models", response_model=AudioModelList)
 async def list_audio_models(request: Request) -> AudioModelList:
     return AudioModelList(models=[AudioModel(id=name) for name in state_of(request).models.names()])
-
-
-@router.get("/v1/audio/voices", response_model=VoiceList)
-async def list_voices() -> VoiceList:
-    return VoiceList(voices=list(VOICES))

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -105,9 +106,13 @@ class SpeechRun:
             fields = body.sampling_fields()
             if "seed" not in fields and state.default_seed is not None:
                 fields["seed"] = state.default_seed
+            # A family that takes no voices ignores them, as it ignores other fields that do not apply to it.
+            voices = {k: v for k, v in body.voice_fields().items() if k in tts.option_defaults()}
+            options = {**tts.openai_options(fields), **voices}
             hosted.active += 1
             try:
-                stream = tts.astream(body.input, **state.chunking(), **tts.openai_options(fields))
+                # Preparing a request may encode a voice clip or transcribe one: not on the event loop.
+                stream = await in_output_pool(partial(tts.astream, body.input, **state.chunking(), **options))
             except BaseException:
                 hosted.active -= 1
                 raise
