@@ -16,13 +16,14 @@ WAIT = 30.0  # upper bound on any wait for the server; a test that needs it has 
 
 
 @contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Serve ``app`` with uvicorn on a free 127.0.0.1 port in a thread; yields the base URL."""
+def running(app, **options) -> Iterator[str]:
+    """Serve ``app`` with uvicorn (the project's config; ``options`` go to it) on a free 127.0.0.1 port in a
+    thread; yields the base URL."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, **{"log_level": "warning", **options}))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + WAIT

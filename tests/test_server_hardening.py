@@ -10,17 +10,16 @@ import json
 import re
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import anyio
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, field_validator
+from servers import running
 from starlette.types import ASGIApp
 
 from faster_dia.errors import InvalidInputError
@@ -84,29 +83,6 @@ def make_app(seen: list[str] | None = None) -> ASGIApp:
     return recording
 
 
-@contextlib.contextmanager
-def running(app, **options) -> Iterator[tuple[str, int]]:
-    """Serve ``app`` with the project's uvicorn config on a free 127.0.0.1 port in a thread."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn_config(app, log_level="warning", lifespan="off", **options)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + WAIT
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield "127.0.0.1", port
-    finally:
-        server.should_exit = True
-        thread.join(WAIT)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def seen() -> list[str]:
     return []
@@ -114,8 +90,9 @@ def seen() -> list[str]:
 
 @pytest.fixture(scope="module")
 def address(seen) -> Iterator[tuple[str, int]]:
-    with running(make_app(seen), timeout_request=TIMEOUT_REQUEST) as addr:
-        yield addr
+    with running(make_app(seen), timeout_request=TIMEOUT_REQUEST, lifespan="off") as url:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        yield host, int(port)
 
 
 @pytest.fixture
