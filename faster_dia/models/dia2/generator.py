@@ -7,8 +7,17 @@ then predicts codebooks 1..31 one stage at a time. Actions go to each request's 
 host (the one device-to-host transfer per step), which gives the text tokens of step t+1.
 
 The delayed grid: codebook k at column t holds aligned frame t - delay[k]; columns before delay[k] hold BOS.
-A voice prefix fills aligned frames 0 … P-1; every grid cell it determines is teacher-forced, including the
-delayed cells past column P (the reference regenerates those; forcing them is what the delay pattern means).
+A voice prefix fills aligned frames 0 … P-1. Two ways to condition on it (``Dia2Request.prefix_mode``):
+
+* ``"faster-dia"`` (default): every grid cell the prefix determines is teacher-forced, including the delayed
+  cells past column P; positions 0 … P-2 are prefilled with the teacher-forced text, and position P-1 is the
+  first real step, run once. Each prefix word's new word is forced exactly once (see ``PrefixActions``), at
+  its step or, when that is not possible there, at the first step after it where it is.
+* ``"reference"``: the official runtime's warm-up, quirks included: steps 0 … P-1 are teacher-forced (so the
+  text is one step ahead of the faster-dia mode), then position P-1 runs a second time as the first real
+  step, so the cache holds two entries for it and every later step sits one cache entry past its position;
+  the delayed prefix cells at columns >= P are regenerated; the result starts at frame P-1.
+
 A request ends ``flush_tail`` steps after its state machine ran out of words (or at the context limit).
 """
 
@@ -22,18 +31,21 @@ import torch
 
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
+from ..layers import attend, cache_write_rows, causal_mask
 from ..protocol import RequestBase, SlotStateBase
 from ..random import seed_key
 from ..slots import SlotGenerator
 from .model import Dia2Model
 from .sampling import STREAMS, choose
-from .text import FRAME_RATE, Entry, TextStateMachine
+from .text import FRAME_RATE, Entry, PrefixActions, TextStateMachine
 
 log = logging.getLogger(__name__)
 
 UNKNOWN = -1
 #: Steps run after the last word: the longest delay (so its audio is complete) plus a little silence.
 FLUSH_EXTRA = 6
+#: How a voice prefix conditions generation: faster-dia's teacher forcing, or the official runtime's warm-up.
+PREFIX_MODES = ("faster-dia", "reference")
 
 
 @dataclass
@@ -41,7 +53,9 @@ class Dia2Request(RequestBase):
     entries: list[Entry]
     seed: int
     prefix_codes: torch.Tensor | None = None  # [P, 32] aligned Mimi codes of the voice prefix
+    # One forced new-word step per prefix entry; the prefix entries are the first ones of ``entries``.
     prefix_new_word_steps: tuple[int, ...] = ()
+    prefix_mode: str = "faster-dia"  # one of PREFIX_MODES
     max_new_frames: int | None = None
     text_temperature: float = 0.6
     text_top_k: int = 50
@@ -60,6 +74,8 @@ class Dia2SlotState(SlotStateBase):
     prefix_frames: int
     crop: int  # first aligned frame of the result
     limit: int  # last grid column this request may write
+    prefix: PrefixActions = PrefixActions(())
+    prefix_words: int = 0  # the transcript's first words that are the prefix's
     text: tuple[int, int] = (1, 3)  # (main, second) text tokens fed at ``position``
     last_column: int | None = None
     hit_limit: bool = False
@@ -72,12 +88,18 @@ class Dia2SlotState(SlotStateBase):
         return max(0, last - self._max_delay + 1 - self.crop)
 
     @property
+    def forcing_prefix(self) -> bool:
+        """Whether this step's action is still the prefix's (faster-dia mode: until every prefix word is in)."""
+        return not self.prefix.reference and self.prefix.pending(self.machine)
+
+    @property
     def timestamps(self) -> list[tuple[str, float]]:
-        return [
-            (word, round((step - self.crop) / FRAME_RATE, 3))
-            for word, step in self.machine.transcript
-            if step >= self.crop
-        ]
+        """(word, start second) of the result's words. The prefix's words are the transcript's first ones (the
+        machine consumes its queue in order), dropped unless the result includes the prefix. A word starts at
+        the step that consumed it; the one consumed by the first free step (P-1, whose action gives the text
+        of the first generated frame P) is one frame before the faster-dia result, so it starts at 0."""
+        words = self.machine.transcript if self.request.include_prefix else self.machine.transcript[self.prefix_words:]
+        return [(word, round(max(step - self.crop, 0) / FRAME_RATE, 3)) for word, step in words]
 
 
 @dataclass(frozen=True)
@@ -88,6 +110,7 @@ class Dia2StepShape:
     guided: bool  # some request uses guidance: every slot runs a conditional and an unconditional row
     all_guided: bool  # every request does: candidates come from the guidance filter alone
     kv_length: int
+    shifted: bool  # some request's cache entries sit one past their position (reference prefix mode)
     filter_k: int  # the largest cfg_filter_k
     text_top_k: int
     audio_top_k: int
@@ -112,6 +135,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self._dep_caches: dict[int, object] = {}
         self.grid = torch.full((max_batch, self.max_positions, c.num_codebooks), UNKNOWN, dtype=torch.long, device=dev)
         self.position = torch.zeros(max_batch, dtype=torch.long, device=dev)
+        self.cache_shift = torch.zeros(max_batch, dtype=torch.long, device=dev)  # cache entry - position
         self.active = torch.zeros(max_batch, dtype=torch.bool, device=dev)
         self.key = torch.zeros(max_batch, dtype=torch.long, device=dev)
         self.cfg_scale = torch.ones(max_batch, device=dev)
@@ -127,6 +151,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self._slot_index = torch.arange(max_batch, device=dev)
         # Host copies of what the step shape is decided from, indexed by slot (see models/slots.py).
         self._host_text = np.zeros((max_batch, 2), dtype=np.int64)
+        self._host_cache_shift = np.zeros(max_batch, dtype=np.int64)
         self._host_guided = np.zeros(max_batch, dtype=bool)
         self._host_filter_k = np.zeros(max_batch, dtype=np.int64)
         self._host_text_top_k = np.zeros(max_batch, dtype=np.int64)
@@ -159,6 +184,16 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
             request.prefix_codes.dim() != 2 or request.prefix_codes.shape[1] != c.num_codebooks
         ):
             raise InvalidInputError(f"Prefix codes must have shape [frames, {c.num_codebooks}].", param="prefix_speaker_1")
+        if request.prefix_mode not in PREFIX_MODES:
+            raise InvalidInputError(
+                f"prefix_mode must be one of {', '.join(PREFIX_MODES)}; got {request.prefix_mode!r}.", param="prefix_mode"
+            )
+        if request.prefix_new_word_steps and (
+            not prefix or len(request.prefix_new_word_steps) > len(request.entries)
+            or min(request.prefix_new_word_steps) < 0
+        ):
+            raise InvalidInputError("Prefix new-word steps need prefix codes and one prefix entry each, from step 0.",
+                                    param="prefix_speaker_1")
         tokens = sum(len(e.tokens) for e in request.entries)
         if tokens + request.initial_padding + c.max_delay + FLUSH_EXTRA > c.max_context_steps:
             raise InvalidInputError(
@@ -194,8 +229,11 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         )
         prefix = request.prefix_codes
         P = 0 if prefix is None else int(prefix.shape[0])
+        reference = P > 0 and request.prefix_mode == "reference"
+        actions = PrefixActions(tuple(request.prefix_new_word_steps), reference=reference)
 
-        # The grid: BOS before each codebook's delay, the prefix's aligned frames where they fall.
+        # The grid: BOS before each codebook's delay, the prefix's aligned frames where they fall (in reference
+        # mode only before column P: the steps overwrite the later ones).
         grid = self.grid[slot]
         grid.fill_(UNKNOWN)
         columns = torch.arange(self.max_positions, device=dev)[:, None]
@@ -203,29 +241,36 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         if P:
             frames = prefix.to(dev).long()
             for k, d in enumerate(c.delay_pattern):
-                grid[d : d + P, k] = frames[:, k]
+                n = P - d if reference else P
+                if n > 0:
+                    grid[d : d + n, k] = frames[:n, k]
 
         # Warm-up over the prefix: the actions are known (new word at the listed steps), so the text for every
-        # prefix step comes from the state machine first and the transformer prefills all of them at once.
+        # warm-up step comes from the state machine first and the transformer prefills all of them at once.
+        # faster-dia: steps 0 … P-2, and P-1 is the first real step. Reference: steps 0 … P-1, then P-1 again.
+        start = max(P - 1, 0)  # position of the first real step
+        warm = P if reference else start
         text = [(c.text_bos_token_id, c.text_pad_token_id)]
-        forced = set(request.prefix_new_word_steps)
-        for t in range(max(P - 1, 0)):
-            action = c.action_new_word_token_id if t in forced else c.action_pad_token_id
-            text.append(machine.process(t, action, forced=True))
-        start = max(P - 1, 0)
-        if start:
+        for t in range(warm):
+            text.append(machine.process(t, actions.action(t, machine), forced=True))
+        if warm:
             rows = torch.tensor([2 * slot, 2 * slot + 1], device=dev)
-            main = torch.tensor([[m for m, _ in text[:start]], [c.text_zero_token_id] * start], device=dev)
-            second = torch.tensor([[s for _, s in text[:start]], [c.text_pad_token_id] * start], device=dev)
-            audio = grid[:start].clamp_min(0).expand(2, -1, -1)
-            positions = torch.arange(start, device=dev).expand(2, -1)
-            self.model.decode(main, second, audio, positions, self.cache, rows, kv_length=start)
+            main = torch.tensor([[m for m, _ in text[:warm]], [c.text_zero_token_id] * warm], device=dev)
+            second = torch.tensor([[s for _, s in text[:warm]], [c.text_pad_token_id] * warm], device=dev)
+            audio = grid[:warm].clamp_min(0).expand(2, -1, -1)
+            positions = torch.arange(warm, device=dev).expand(2, -1)
+            self.model.decode(main, second, audio, positions, self.cache, rows, kv_length=warm)
+        shift = warm - start  # 1 in reference mode: the cache already holds an entry for position P-1
 
-        limit = self.max_positions - 1
+        # The first frame after the prefix: P, or P-1 in reference mode (which regenerates it). The last
+        # column leaves room for a cache entry ``shift`` past it (inactive slots still write one).
+        first = start if reference else P
+        limit = self.max_positions - 1 - shift
         if request.max_new_frames is not None:
-            limit = min(limit, P + request.max_new_frames + c.max_delay - 1)
-        limit = min(limit, P + c.max_context_steps)
+            limit = min(limit, first + request.max_new_frames + c.max_delay - 1)
+        limit = min(limit, first + c.max_context_steps)
         self.position[slot] = start
+        self.cache_shift[slot] = shift
         self.active[slot] = True
         self.key[slot] = seed_key(request.seed)
         self.cfg_scale[slot] = request.cfg_scale
@@ -235,7 +280,8 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self.audio_temperature[slot] = request.audio_temperature
         self.audio_top_k[slot] = request.audio_top_k
         self._host_position[slot] = start
-        self._host_text[slot] = text[start]
+        self._host_cache_shift[slot] = shift
+        self._host_text[slot] = text[warm]
         self._host_guided[slot] = request.cfg_scale != 1.0
         self._host_filter_k[slot] = request.cfg_filter_k
         self._host_text_top_k[slot] = request.text_top_k
@@ -244,8 +290,9 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self._host_audio_sampling[slot] = request.audio_temperature > 0
         return Dia2SlotState(
             request=request, slot=slot, machine=machine, prefix_frames=P,
-            crop=0 if (request.include_prefix or not P) else P, limit=limit,
-            text=text[start], _positions=self._host_position, _max_delay=c.max_delay,
+            crop=0 if (request.include_prefix or not P) else first, limit=limit,
+            prefix=actions, prefix_words=sum(1 for e in request.entries[: actions.entries] if e.tokens),
+            text=text[warm], _positions=self._host_position, _max_delay=c.max_delay,
         )
 
     # ------------------------------------------------------------------ stepping
@@ -275,7 +322,10 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         for slot in running.tolist():
             s = self._states[slot]
             position = s.position
-            s.text = s.machine.process(position - 1, actions[slot])
+            if s.forcing_prefix:  # a prefix word is still owed: the model's action is not used yet
+                s.text = s.machine.process(position - 1, s.prefix.action(position - 1, s.machine), forced=True)
+            else:
+                s.text = s.machine.process(position - 1, actions[slot])
             self._host_text[slot] = s.text
             end = s.machine.end_step
             if end is not None and position >= end + c.max_delay + FLUSH_EXTRA:
@@ -298,7 +348,8 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
             batch=int(running[-1]) + 1,
             guided=bool(guided.any()),
             all_guided=bool(guided.all()),
-            kv_length=int(self._host_position[running].max()) + 1,
+            kv_length=int((self._host_position[running] + self._host_cache_shift[running]).max()) + 1,
+            shifted=bool(self._host_cache_shift[running].any()),
             filter_k=int(self._host_filter_k[running].max()),
             text_top_k=int(self._host_text_top_k[running].max()),
             audio_top_k=int(self._host_audio_top_k[running].max()),
@@ -313,6 +364,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
             guided=shape.guided,
             all_guided=shape.all_guided,
             kv_length=round_up(shape.kv_length, 256, self.max_positions),
+            shifted=shape.shifted,
             filter_k=power_of_two_at_least(shape.filter_k, 64, vocab),
             text_top_k=power_of_two_at_least(shape.text_top_k, 64, vocab),
             audio_top_k=power_of_two_at_least(shape.audio_top_k, 64, vocab),
@@ -339,10 +391,17 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         audio = self.grid[slots, position].clamp_min(0)
         audio = audio[:, None].expand(B, per_slot, c.num_codebooks).reshape(B * per_slot, c.num_codebooks)
         row_positions = position[:, None].expand(B, per_slot).reshape(B * per_slot)
-        hidden, action_logits, cb0_logits = self.model.decode(
-            text[:, :1], text[:, 1:], audio[:, None], row_positions[:, None], self.cache, rows,
-            kv_length=shape.kv_length,
-        )
+        if shape.shifted:
+            entries = (position + self.cache_shift[span])[:, None].expand(B, per_slot).reshape(B * per_slot)
+            hidden, action_logits, cb0_logits = _decode_shifted(
+                self.model, text[:, :1], text[:, 1:], audio[:, None], row_positions[:, None], entries[:, None],
+                self.cache, rows, kv_length=shape.kv_length,
+            )
+        else:
+            hidden, action_logits, cb0_logits = self.model.decode(
+                text[:, :1], text[:, 1:], audio[:, None], row_positions[:, None], self.cache, rows,
+                kv_length=shape.kv_length,
+            )
         hidden = hidden[:, 0]
 
         def split(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -393,3 +452,31 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         index = torch.arange(first, state.crop + stop, device=self.device)
         cols = index[:, None] + self.delays
         return self.grid[state.slot][cols, torch.arange(self.config.num_codebooks, device=self.device)].clamp_min(0)
+
+
+def _decode_shifted(
+    model: Dia2Model,
+    text_main: torch.Tensor,
+    text_second: torch.Tensor,
+    audio: torch.Tensor,
+    positions: torch.Tensor,
+    cache_entries: torch.Tensor,
+    cache,
+    rows: slice,
+    *,
+    kv_length: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``Dia2Model.decode`` with RoPE at ``positions`` but keys/values written (and the causal mask drawn) at
+    ``cache_entries``: the reference prefix mode keeps two cache entries for position P-1, so its later steps
+    sit one entry past their position. Same operators as ``decode`` otherwise (capturable)."""
+    x = model.embed(text_main, text_second, audio)
+    cos, sin = model._rope(positions, cache.max_positions)
+    mask = causal_mask(cache_entries, kv_length)
+    write_rows = cache_write_rows(rows, cache.rows, cache_entries)
+    for i, layer in enumerate(model.layers):
+        q, k, v = model._qkv(layer, x, cos, sin)
+        cache.k[i][write_rows, :, cache_entries] = k
+        cache.v[i][write_rows, :, cache_entries] = v
+        a = attend(q, cache.k[i][rows, :, :kv_length], cache.v[i][rows, :, :kv_length], mask)
+        x = model._finish(layer, x, a)
+    return model._outputs(x)

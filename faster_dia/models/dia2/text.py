@@ -14,6 +14,7 @@ Pure Python, no torch: one :class:`TextStateMachine` per request, driven with
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -389,6 +390,49 @@ class TextStateMachine:
 
 
 # ------------------------------------------------------------------------------------------------ voice prefix
+
+
+@dataclass(frozen=True)
+class PrefixActions:
+    """The teacher-forced actions of a voice prefix: new word at each prefix word's step, pad otherwise.
+
+    ``new_word_steps`` has one step per prefix entry (the entries at the head of the machine's queue, in
+    order), as :func:`prefix_entries` returns them. Two rules:
+
+    * faster-dia (default): each prefix word's new word is *owed* from its step on and issued at the first
+      forced step where the machine can take it, so every prefix entry is consumed exactly once and in order,
+      even when its step falls while the previous word's tokens are still fed (speaker 2's first word after
+      speaker 1's +3-shifted last word) or past the prefix's last frame (the +3 offset again). The caller
+      keeps forcing while :meth:`pending` is true.
+    * ``reference=True``: new word exactly at the listed steps; one that arrives while a word is still fed is
+      dropped by the machine and its entry stays queued for the free steps (the reference's warm-up).
+    """
+
+    new_word_steps: tuple[int, ...]
+    reference: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "new_word_steps", tuple(sorted(self.new_word_steps)))
+
+    @property
+    def entries(self) -> int:
+        return len(self.new_word_steps)
+
+    def consumed(self, machine: TextStateMachine) -> int:
+        """Prefix entries the machine has consumed (they are at the head of its queue)."""
+        return min(len(machine.consumption_times), self.entries)
+
+    def pending(self, machine: TextStateMachine) -> bool:
+        return self.consumed(machine) < self.entries
+
+    def action(self, step: int, machine: TextStateMachine) -> int:
+        """The action to force at ``step`` (feed it with ``machine.process(step, action, forced=True)``)."""
+        ids = machine.ids
+        if self.reference:
+            due = step in self.new_word_steps
+        else:
+            due = bisect_right(self.new_word_steps, step) > self.consumed(machine)
+        return ids.action_new_word if due else ids.action_pad
 
 
 def prefix_entries(

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ...errors import InvalidInputError
+from ...errors import FasterDiaError, InvalidInputError, ModelNotFoundError
 from ...speech import (
     Progress,
     Speech,
@@ -21,7 +21,7 @@ from ...speech import (
     per_item,
     resolve_seed,
 )
-from .generator import Dia2Generator, Dia2Request, Dia2SlotState
+from .generator import PREFIX_MODES, Dia2Generator, Dia2Request, Dia2SlotState
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class Dia2TextToSpeech(SpeechModel):
         prefix_transcript_2: Any = None,
         prefix_sample_rate: int | None = None,
         include_prefix: bool = False,
+        prefix_mode: str = "faster-dia",
         progress: Callable[[Progress], None] | None = None,
     ) -> Speech | list[Speech]:
         """Generate speech for one script or a batch. Defaults as the reference: text 0.6 / top-k 50, audio
@@ -83,14 +84,30 @@ class Dia2TextToSpeech(SpeechModel):
         ``temperature``/``top_k`` set text and audio alike; the specific settings win. Ranges: temperatures
         0–5 (0 greedy), top-k values 1–65536, cfg_scale (0, 30]. ``max_new_tokens`` caps the result at that
         many frames (12.5 = 1 s, at most 1500). The result's ``timestamps`` list (word, start second) for the
-        script's words."""
+        script's words.
+
+        Voice prefixes: ``prefix_speaker_1`` (and optionally ``prefix_speaker_2``) are audio (a path, encoded
+        bytes, a float array with ``prefix_sample_rate``) or Mimi codes ``[frames, 32]``; the script continues
+        after them. ``prefix_transcript_N`` says what the prefix says: a string (its words are spread evenly
+        over the clip's voiced part), or ``(word, start_s, end_s)`` tuples. Without one, prefix audio is
+        transcribed with the speech recognizer (``self.asr``) and its word start times place the words, as
+        the reference does with Whisper; codes need a transcript. A given transcript always wins. The result
+        starts after the prefix unless ``include_prefix``.
+
+        ``prefix_mode``: ``"faster-dia"`` (default) teacher-forces every prefix frame, including the last
+        16/18 delayed cells, feeds each prefix position to the model once, and forces every prefix word's
+        new word exactly once; the result starts at the first frame after the prefix. ``"reference"``
+        reproduces the official runtime, quirks included: position P-1 (P = prefix frames) is run twice (two
+        cache entries, the text one step ahead), the last 16/18 delayed prefix frames are regenerated rather
+        than forced, and the result starts at frame P-1. Use it to compare with the official code."""
         return self._generate(script, dict(
             seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, text_temperature=text_temperature,
             text_top_k=text_top_k, audio_temperature=audio_temperature, audio_top_k=audio_top_k,
             cfg_scale=cfg_scale, cfg_filter_k=cfg_filter_k, max_new_tokens=max_new_tokens,
             prefix_speaker_1=prefix_speaker_1, prefix_transcript_1=prefix_transcript_1,
             prefix_speaker_2=prefix_speaker_2, prefix_transcript_2=prefix_transcript_2,
-            prefix_sample_rate=prefix_sample_rate, include_prefix=include_prefix), progress)
+            prefix_sample_rate=prefix_sample_rate, include_prefix=include_prefix, prefix_mode=prefix_mode),
+            progress)
 
     def openai_options(self, fields: dict[str, Any]) -> dict[str, Any]:
         # top_p does not apply (Dia2 samples with top-k); cfg_filter_top_k is Dia2's guidance filter size.
@@ -137,11 +154,16 @@ class Dia2TextToSpeech(SpeechModel):
         max_new = options["max_new_tokens"]
         if max_new is not None:
             max_new = check_integer("max_new_tokens", max_new, 1, self.config.max_context_steps)
+        prefix_mode = options["prefix_mode"]
+        if prefix_mode not in PREFIX_MODES:
+            raise InvalidInputError(
+                f"prefix_mode must be one of {', '.join(PREFIX_MODES)}; got {prefix_mode!r}.", param="prefix_mode"
+            )
         head, prefix_codes, steps = self._prefixes(options)
         return [
             Dia2Request(
                 entries=head + self._entries(script), seed=resolve_seed(seed), prefix_codes=prefix_codes,
-                prefix_new_word_steps=tuple(steps), max_new_frames=max_new,
+                prefix_new_word_steps=tuple(steps), prefix_mode=prefix_mode, max_new_frames=max_new,
                 include_prefix=bool(options["include_prefix"]), **sampling,
             )
             for script, seed in zip(scripts, seeds, strict=True)
@@ -185,23 +207,48 @@ class Dia2TextToSpeech(SpeechModel):
         from .text import prefix_entries
 
         param = "prefix_speaker_1" if speaker == "[S1]" else "prefix_speaker_2"
-        if transcript is None or (isinstance(transcript, str) and not transcript.strip()):
-            raise InvalidInputError(
-                f"{param} needs its transcript ({param.replace('speaker', 'transcript')}): the model continues "
-                "the prefix's words, and automatic transcription is not available yet.", param=param,
-            )
         prompt = coerce_prompt_audio(audio, self.codec, param=param, sample_rate=sample_rate,
                                      rate_param="prefix_sample_rate")
-        words = transcript.split() if isinstance(transcript, str) else list(transcript)
-        span = None
-        if isinstance(transcript, str):
+        if transcript is None or (isinstance(transcript, str) and not transcript.strip()):
+            words, span = self._recognized_words(prompt.pcm, param), None
+        elif isinstance(transcript, str):
+            words = [w for w in transcript.split() if w not in ("[S1]", "[S2]")]
             span = _voiced_span(prompt.pcm, self.sample_rate) if prompt.pcm is not None else \
                 (0.0, prompt.codes.shape[0] / self.frame_rate)
-        entries, steps = prefix_entries(
-            [w for w in words if w not in ("[S1]", "[S2]")] if isinstance(transcript, str) else words,
-            speaker, self._encode, start_frame_offset=frame_offset, voiced_span=span,
-        )
+        else:
+            words, span = list(transcript), None
+        entries, steps = prefix_entries(words, speaker, self._encode, start_frame_offset=frame_offset,
+                                        voiced_span=span)
         return prompt.codes, entries, steps
+
+    def _recognized_words(self, pcm: np.ndarray | None, param: str) -> list[tuple[str, float, float]]:
+        """(word, start s, end s) of a prefix given without its transcript, from the speech recognizer; the
+        word start times place the words on the frame grid (the reference does this with Whisper)."""
+        transcript_param = param.replace("speaker", "transcript")
+        if pcm is None:
+            raise InvalidInputError(
+                f"{param} is given as codes without its transcript ({transcript_param}): the model continues the "
+                "prefix's words, and only audio can be transcribed automatically.", param=param,
+            )
+        try:
+            result = self._transcribe(pcm, param)
+        except ImportError as error:  # faster_dia.asr or its recognizer package is missing
+            raise InvalidInputError(
+                f"{param} has no transcript ({transcript_param}) and speech recognition is not installed to "
+                f"transcribe it ({error}); pass {transcript_param}.", param=param,
+            ) from error
+        except FasterDiaError as error:
+            # No recognizer (not installed, its model not downloaded) is the caller's to fix by giving the
+            # transcript: a bad request. Anything else keeps its kind.
+            kind = InvalidInputError if isinstance(error, (InvalidInputError, ModelNotFoundError)) else type(error)
+            raise kind(
+                f"{param} has no transcript ({transcript_param}) and could not be transcribed: {error.message}",
+                param=param,
+            ) from error
+        words = [(w.word, float(w.start), float(w.end)) for w in result.words if w.word.strip()]
+        if not words:
+            log.warning("no words recognized in %s; it conditions the voice without text", param)
+        return words
 
 
 def load(model: str | os.PathLike, *, revision: str | None, device: torch.device, dtype: torch.dtype,
