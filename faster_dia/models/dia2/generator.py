@@ -31,7 +31,6 @@ import torch
 
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
-from ..layers import attend, cache_write_rows, causal_mask
 from ..protocol import RequestBase, SlotStateBase
 from ..random import seed_key
 from ..slots import SlotGenerator
@@ -393,9 +392,9 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         row_positions = position[:, None].expand(B, per_slot).reshape(B * per_slot)
         if shape.shifted:
             entries = (position + self.cache_shift[span])[:, None].expand(B, per_slot).reshape(B * per_slot)
-            hidden, action_logits, cb0_logits = _decode_shifted(
-                self.model, text[:, :1], text[:, 1:], audio[:, None], row_positions[:, None], entries[:, None],
-                self.cache, rows, kv_length=shape.kv_length,
+            hidden, action_logits, cb0_logits = self.model.decode(
+                text[:, :1], text[:, 1:], audio[:, None], row_positions[:, None], self.cache, rows,
+                kv_length=shape.kv_length, cache_entries=entries[:, None],
             )
         else:
             hidden, action_logits, cb0_logits = self.model.decode(
@@ -452,31 +451,3 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         index = torch.arange(first, state.crop + stop, device=self.device)
         cols = index[:, None] + self.delays
         return self.grid[state.slot][cols, torch.arange(self.config.num_codebooks, device=self.device)].clamp_min(0)
-
-
-def _decode_shifted(
-    model: Dia2Model,
-    text_main: torch.Tensor,
-    text_second: torch.Tensor,
-    audio: torch.Tensor,
-    positions: torch.Tensor,
-    cache_entries: torch.Tensor,
-    cache,
-    rows: slice,
-    *,
-    kv_length: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``Dia2Model.decode`` with RoPE at ``positions`` but keys/values written (and the causal mask drawn) at
-    ``cache_entries``: the reference prefix mode keeps two cache entries for position P-1, so its later steps
-    sit one entry past their position. Same operators as ``decode`` otherwise (capturable)."""
-    x = model.embed(text_main, text_second, audio)
-    cos, sin = model._rope(positions, cache.max_positions)
-    mask = causal_mask(cache_entries, kv_length)
-    write_rows = cache_write_rows(rows, cache.rows, cache_entries)
-    for i, layer in enumerate(model.layers):
-        q, k, v = model._qkv(layer, x, cos, sin)
-        cache.k[i][write_rows, :, cache_entries] = k
-        cache.v[i][write_rows, :, cache_entries] = v
-        a = attend(q, cache.k[i][rows, :, :kv_length], cache.v[i][rows, :, :kv_length], mask)
-        x = model._finish(layer, x, a)
-    return model._outputs(x)

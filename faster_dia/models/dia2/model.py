@@ -341,6 +341,7 @@ class Dia2Model(nn.Module):
         rows: torch.Tensor | slice,
         *,
         kv_length: int,
+        cache_entries: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Run the main transformer for ``text_main``/``text_second`` [R, T] and ``audio`` [R, T, 32] at
         ``positions`` [R, T] (consecutive per row) using cache ``rows`` (an index tensor or slice selecting R
@@ -348,16 +349,21 @@ class Dia2Model(nn.Module):
         position. Returns hidden [R, T, E] (after the final RMSNorm, model dtype), action logits [R, T, 2] and
         codebook-0 logits [R, T, 2050], both float32.
 
+        ``cache_entries`` (default: ``positions``) are the cache entries the keys/values are written to and the
+        causal mask is drawn at, where they differ from the RoPE positions (the reference prefix mode keeps
+        two entries for one position, so its later steps sit one entry past their position).
+
         Attention work grows with ``kv_length``, so pass little more than the largest position + 1. A slice for
         ``rows`` reads the cache in place; an index tensor gathers (copies) the rows' keys/values."""
+        entries = positions if cache_entries is None else cache_entries
         x = self.embed(text_main, text_second, audio)
         cos, sin = self._rope(positions, cache.max_positions)
-        mask = causal_mask(positions, kv_length)
-        write_rows = cache_write_rows(rows, cache.rows, positions)
+        mask = causal_mask(entries, kv_length)
+        write_rows = cache_write_rows(rows, cache.rows, entries)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
-            cache.k[i][write_rows, :, positions] = k
-            cache.v[i][write_rows, :, positions] = v
+            cache.k[i][write_rows, :, entries] = k
+            cache.v[i][write_rows, :, entries] = v
             a = attend(q, cache.k[i][rows, :, :kv_length], cache.v[i][rows, :, :kv_length], mask)
             x = self._finish(layer, x, a)
         return self._outputs(x)
