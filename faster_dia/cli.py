@@ -108,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "$FASTER_DIA_ASR_MODEL or base.en), loaded on first use")
     serve.set_defaults(handler=_serve)
 
+    ui = sub.add_parser("ui", help="open the web page in a browser, served on 127.0.0.1",
+                        description="Example: faster-dia ui --model nari-labs/Dia2-2B (the page is also at / of "
+                                    "'faster-dia serve')")
+    _add_model_options(ui, several=True)
+    ui.add_argument("--port", type=int, default=8000, help="port to listen on, 1-65535 (default 8000)")
+    ui.add_argument("--voices-dir", type=Path, default=None, help="the voice library (default: see 'voices')")
+    ui.add_argument("--asr-model", default=None, help="speech recognition model for voice clips (see 'serve')")
+    ui.add_argument("--no-browser", dest="open_browser", action="store_false",
+                    help="print the page's address instead of opening it")
+    # The rest of what _serve reads, as 'serve' has it by default.
+    ui.set_defaults(handler=_serve, host="127.0.0.1", api_key=[], default_model=None, lazy=False, idle_unload=None,
+                    metrics_public=False, max_queue=None, chunk_seconds=None, seed=None)
+
     voices = sub.add_parser("voices", help="manage the voice library",
                             description="Example: faster-dia voices add alice alice.wav")
     voices.add_argument("--voices-dir", type=Path, default=None,
@@ -281,12 +294,36 @@ def _serve(args: argparse.Namespace) -> int:
     if not keys and args.host not in ("127.0.0.1", "localhost", "::1"):
         logging.getLogger("faster_dia.server").warning(
             "listening on %s without API keys: anyone who can reach it can use it", args.host)
+    if getattr(args, "open_browser", None) is not None:
+        _open_when_ready(f"http://{args.host}:{sock.getsockname()[1]}/", args.open_browser)
     with sock:
         serve(specs, sock=sock, api_keys=keys, default_model=args.default_model, lazy=args.lazy,
               idle_unload=args.idle_unload, chunk_seconds=args.chunk_seconds, default_seed=args.seed,
               metrics_public=args.metrics_public, voices=args.voices_dir, asr_model=args.asr_model,
               log_level="debug" if args.verbose else "info")
     return 0
+
+
+def _open_when_ready(url: str, open_browser: bool) -> None:
+    """Once the server at ``url`` answers (its models load first), print the address and open it in the default
+    browser."""
+    import threading
+    import time
+    import urllib.request
+    import webbrowser
+
+    def wait_and_open() -> None:
+        while True:
+            try:
+                with urllib.request.urlopen(url + "health", timeout=5):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        print(f"faster-dia: the page is at {url}", file=sys.stderr)
+        if open_browser:
+            webbrowser.open(url)
+
+    threading.Thread(target=wait_and_open, name="open-browser", daemon=True).start()
 
 
 def _voices(args: argparse.Namespace) -> int:
@@ -334,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "speak":
             return _speak(args)
-        if args.command == "serve":  # registered by the server module when installed
+        if args.command in ("serve", "ui"):
             return args.handler(args)
         if args.command == "voices":
             return _voices(args)

@@ -17,7 +17,7 @@ import queue
 import secrets
 import time
 import wave
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -247,6 +247,7 @@ class _StreamBase:
         self.frames = 0
         self.state = None  # the finished request's slot state
         self.words: list[tuple[str, float]] = []  # Dia2: (word, start s) as decided so far
+        self.codes: list[torch.Tensor] = []  # the codes streamed so far, chunk by chunk
         self._decoder = tts.codec.incremental_decoder()
         self._ended = False
         # Submitted at once: the request is validated and queued (or refused) now, not at the first chunk.
@@ -270,6 +271,8 @@ class _StreamBase:
         if kind == "error":
             self._ended = True
             raise payload
+        if kind == "frames":
+            self.codes.append(payload)
         audio = self._decoder.push(payload) if kind == "frames" else self._decoder.flush()
         if kind == "done":
             self._ended = True
@@ -486,7 +489,14 @@ class SpeechModel:
         unknown = sorted(set(options) - set(defaults))
         if unknown:
             raise InvalidInputError(f"Unknown option(s) for {cls.__name__}: {', '.join(unknown)}.", param=unknown[0])
-        return {**defaults, **options}
+        complete = {**defaults, **options}
+        if "continuity" in complete:
+            from .longform import CONTINUITY_MODES
+
+            if complete["continuity"] not in CONTINUITY_MODES:
+                raise InvalidInputError(f"continuity must be one of {', '.join(CONTINUITY_MODES)}, got "
+                                        f"{complete['continuity']!r}.", param="continuity")
+        return complete
 
     @classmethod
     def _sampling(cls, options: dict[str, Any]) -> dict[str, Any]:
@@ -524,7 +534,13 @@ class SpeechModel:
     def _generate(self, script: str | Sequence[str], options: dict[str, Any],
                   progress: Callable[[Progress], None] | None) -> Speech | list[Speech]:
         scripts, single = self._scripts(script)
-        requests = self._requests(scripts, self._options(options))
+        options = self._options(options)
+        if any(self._is_long(s, options) for s in scripts):
+            results = [self._generate_long(s, {**options, "seed": sd}, progress)
+                       for s, sd in zip(scripts, per_item(options["seed"], len(scripts), "seed", offset_ints=True),
+                                        strict=True)]
+            return results[0] if single else results
+        requests = self._requests(scripts, options)
         submissions = self.engine.submit(requests)
         start = time.perf_counter()
         results: list[Speech] = []
@@ -549,10 +565,41 @@ class SpeechModel:
                 sub.cancel()
         return results[0] if single else results
 
+    def _generate_long(self, script: str, options: dict[str, Any],
+                       progress: Callable[[Progress], None] | None) -> Speech:
+        from .longform import LongSpeechStream
+
+        stream = self._long_stream(LongSpeechStream, script, options, self._chunk_frames(None, None))
+        start = time.perf_counter()
+        pieces = []
+        for audio in stream:
+            pieces.append(audio)
+            if progress is not None:
+                progress(Progress(stream.frames, stream.seconds, time.perf_counter() - start))
+        return self._long_speech(stream, pieces)
+
+    def _long_speech(self, stream: Any, pieces: list[np.ndarray]) -> Speech:
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+        codes = torch.cat(stream.codes).numpy() if stream.codes else np.zeros((0, self.codec.num_codebooks), np.int64)
+        return Speech(audio=audio, sample_rate=self.sample_rate, codes=codes, seed=stream.seed,
+                      timestamps=list(stream.words) if self._has_words else None)
+
     async def agenerate(self, script: str | Sequence[str], **options: Any) -> Speech | list[Speech]:
         """``generate`` for asyncio: awaits the engine without a thread, decodes in the output pool."""
         scripts, single = self._scripts(script)
-        requests = self._requests(scripts, self._options(options))
+        options = self._options(options)
+        if any(self._is_long(s, options) for s in scripts):
+            from .longform import AsyncLongSpeechStream
+
+            results = []
+            seeds = per_item(options["seed"], len(scripts), "seed", offset_ints=True)
+            for s, seed in zip(scripts, seeds, strict=True):
+                stream = self._long_stream(AsyncLongSpeechStream, s, {**options, "seed": seed},
+                                           self._chunk_frames(None, None))
+                pieces = [audio async for audio in stream]
+                results.append(self._long_speech(stream, pieces))
+            return results[0] if single else results
+        requests = self._requests(scripts, options)
         submissions = self.engine.submit(requests)
         results = []
         try:
@@ -570,7 +617,8 @@ class SpeechModel:
                **options: Any) -> SpeechStream:
         """Like ``generate`` for one script, but returns a :class:`SpeechStream` that yields audio chunks as
         frames become final. ``chunk_seconds`` sets how much audio each chunk carries at least (or
-        ``chunk_frames`` in codec frames). The request is queued at once; close the stream to cancel it."""
+        ``chunk_frames`` in codec frames). The request is queued at once; close the stream to cancel it. A
+        long script streams its chunks one after the other, joined (see faster_dia.longform)."""
         return self._open(SpeechStream, script, chunk_seconds, chunk_frames, options)
 
     def astream(self, script: str, *, chunk_seconds: float | None = None, chunk_frames: int | None = None,
@@ -583,8 +631,49 @@ class SpeechModel:
         if not isinstance(script, str):
             raise InvalidInputError("stream() takes one script; use generate() for a batch.", param="input")
         frames = self._chunk_frames(chunk_seconds, chunk_frames)
-        (request,) = self._requests([script], self._options(options))
+        options = self._options(options)
+        if self._is_long(script, options):
+            from .longform import AsyncLongSpeechStream, LongSpeechStream
+
+            long_kind = AsyncLongSpeechStream if kind is AsyncSpeechStream else LongSpeechStream
+            return self._long_stream(long_kind, script, options, frames)
+        return self._open_one(kind, script, options, frames)
+
+    def _open_one(self, kind: type[_StreamBase], script: str, options: dict[str, Any], frames: int) -> Any:
+        (request,) = self._requests([script], options)
         return kind(self, request, input_tokens=self._input_tokens(request), chunk_frames=frames)
+
+    def _long_stream(self, kind: type, script: str, options: dict[str, Any], frames: int) -> Any:
+        from .longform import LongFormPlan
+
+        plan = LongFormPlan.make(self, script, options)
+        single = SpeechStream if kind.__name__ == "LongSpeechStream" else AsyncSpeechStream
+        return kind(self, plan, frames, lambda text, chunk_options, chunk_frames: self._open_one(
+            single, text, chunk_options, chunk_frames))
+
+    # ------------------------------------------------------------------ long scripts (family hooks)
+
+    def _is_long(self, script: str, options: dict[str, Any]) -> bool:
+        """Whether ``script`` is spoken in several chunks (faster_dia.longform) rather than one request."""
+        return False
+
+    def _chunk_fits(self, chunk: str, options: dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def _has_voice(self, options: dict[str, Any]) -> bool:
+        """Whether the options carry the user's voice (which then is every chunk's reference)."""
+        from .voices import BUILTIN_VOICES
+
+        voice = options.get("voice")
+        named = isinstance(voice, str) and voice.strip().lower() in BUILTIN_VOICES
+        return (voice is not None and not named) or options.get("voices") is not None
+
+    def _reference_chunk(self, result: Any) -> Any:
+        """A spoken chunk as the reference of a later one (None: not usable as a reference)."""
+        raise NotImplementedError
+
+    def _with_reference(self, options: dict[str, Any], reference: Any) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _speech(self, codes: torch.Tensor, submission: Submission) -> Speech:
         return Speech(audio=np.clip(self.codec.decode(codes), -1.0, 1.0), sample_rate=self.sample_rate,
@@ -592,3 +681,33 @@ class SpeechModel:
                       timestamps=self._words(submission.state) if self._has_words else None)
 
     _has_words = False
+
+    async def agenerate_each(self, script: str, count: int, **options: Any) -> AsyncIterator[tuple[int, Speech]]:
+        """``count`` results for one script, yielded as ``(index, speech)`` each as soon as it is ready (not in
+        order). They are submitted together, so the engine decodes them as one batch; an integer ``seed``
+        counts up (result i has seed + i). A long script is spoken result after result. An error ends the
+        iteration; leaving it early cancels the results not yet yielded."""
+        count = check_integer("count", count, 1, 1 << 16)
+        options = self._options(options)
+        if self._is_long(script, options):
+            for index, seed in enumerate(per_item(options["seed"], count, "seed", offset_ints=True)):
+                yield index, await self.agenerate(script, **{**options, "seed": seed})
+            return
+        # Preparing requests may encode voice clips or transcribe them: not on the event loop.
+        requests = await in_output_pool(self._requests, [script] * count, options)
+        submissions = self.engine.submit(requests)
+        waiting = {asyncio.ensure_future(sub.events.aget()): index for index, sub in enumerate(submissions)}
+        try:
+            while waiting:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for future in sorted(done, key=waiting.get):
+                    index = waiting.pop(future)
+                    kind, payload = future.result()
+                    if kind == "error":
+                        raise payload
+                    yield index, await in_output_pool(self._speech, payload, submissions[index])
+        finally:
+            for future in waiting:
+                future.cancel()
+            for sub in submissions:
+                sub.cancel()

@@ -349,11 +349,16 @@ def test_a_request_failing_during_admission_leaves_no_trace(dia2, monkeypatch):
     assert np.array_equal(dia2.generate(SCRIPT, seed=8, max_new_tokens=15).codes, expected)
 
 
-def test_plain_text_of_exactly_the_limit_is_accepted(dia1):
-    text = "a" * 1024  # no speaker tag: the [S1] put in front must not push it over
-    assert dia1.generate(text, seed=1, max_new_tokens=20).codes.shape[1] == 9
+def test_plain_text_of_exactly_the_limit_fits_one_request(dia1):
+    def request(text):
+        return dia1._request(text, seed=1, audio_prompt=None, audio_prompt_transcript=None,
+                             audio_prompt_sample_rate=None, max_new_tokens=20, temperature=1.0, top_p=1.0, top_k=45,
+                             cfg_scale=3.0)
+
+    # No speaker tag: the [S1] put in front must not push it over.
+    assert request("a" * 1024).text.shape[0] == 1024
     with pytest.raises(InvalidInputError, match="1025 bytes"):
-        dia1.generate("a" * 1025, seed=1, max_new_tokens=20)
+        request("a" * 1025)
 
 
 def test_server_surface_details(two_models):

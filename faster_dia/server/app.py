@@ -37,7 +37,7 @@ UPLOAD_PATHS = ("/v1/voices", "/v1/audio/voices", "/v1/audio/transcriptions", "/
 #: and encode cost little per second of audio; the same for every family.
 DEFAULT_CHUNK_SECONDS = 0.37
 
-ROUTERS = ("speech", "models", "health", "metrics", "transcriptions", "voices")
+ROUTERS = ("speech", "models", "health", "metrics", "transcriptions", "voices", "ui")
 
 
 @dataclass
@@ -131,12 +131,15 @@ def create_app(
     app.state.server = state
     install_error_handlers(app)
     install_docs(app)
+    public_routes: set[str] = set()
     for name in ROUTERS:
-        app.include_router(importlib.import_module(f"{__package__}.routes.{name}").router)
+        module = importlib.import_module(f"{__package__}.routes.{name}")
+        app.include_router(module.router)
+        public_routes |= getattr(module, "PUBLIC_PATHS", set())  # a router's pages that need no key
     # Added innermost first: RequestContext wraps everything, so 401/413 answers carry a request id too.
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, upload_paths=UPLOAD_PATHS,
                        max_upload_bytes=MAX_UPLOAD_BYTES + (1 << 20))
-    public = ApiKeyAuth.PUBLIC_PATHS | ({"/metrics"} if metrics_public else set())
+    public = ApiKeyAuth.PUBLIC_PATHS | public_routes | ({"/metrics"} if metrics_public else set())
     app.add_middleware(ApiKeyAuth, keys=list(api_keys), public_paths=public)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestCounter, metrics=state.metrics)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from ...errors import FasterDiaError, InvalidInputError
+from ...longform import DEFAULT_CONTINUITY
 from ...script import SPEAKER_TAGS, encode_script, join_prompt_transcript, normalize_script
 from ...speech import (
     Progress,
@@ -23,9 +26,12 @@ from ...speech import (
     resolve_seed,
 )
 from .config import VARIANT_ORIGINAL
-from .generator import Dia1Generator, Dia1Request
+from .generator import Dia1Generator, Dia1Request, max_new_tokens_limit
 
 log = logging.getLogger(__name__)
+
+#: DAC frames per second of audio (44.1 kHz, 512 samples per frame).
+FRAMES_PER_SECOND = 44100 / 512
 
 #: Documented ranges of the sampling options (README, "Parameters").
 TEMPERATURE_RANGE = (0.0, 5.0)
@@ -59,6 +65,9 @@ class Dia1TextToSpeech(SpeechModel):
         audio_prompt_sample_rate: int | None = None,
         voice: Any = None,
         voices: dict[str, Any] | None = None,
+        continuity: str = DEFAULT_CONTINUITY,
+        runaway_guard: bool = True,
+        negative_prompt: str | None = None,
         progress: Callable[[Progress], None] | None = None,
     ) -> Speech | list[Speech]:
         """Generate speech for one script, or for a list of scripts as one batch.
@@ -71,11 +80,20 @@ class Dia1TextToSpeech(SpeechModel):
         ``voice`` speaks speaker 1 in a voice: a stored voice's name (``tts.voices``), a clip's path
         (transcribed automatically), or a built-in name such as ``"alloy"`` (a fixed seed of its own).
         ``voices={"S1": ..., "S2": ...}`` gives both speakers a voice: their clips and transcripts are joined
-        into one prompt. An ``audio_prompt`` without its transcript is transcribed automatically."""
+        into one prompt. An ``audio_prompt`` without its transcript is transcribed automatically.
+
+        A script longer than about 350 bytes (or than one request holds next to the voice prompt) is spoken
+        in chunks of about 200 bytes joined into one result (see faster_dia.longform); ``continuity`` is
+        ``"first"`` or ``"previous"``. Without ``max_new_tokens`` the runaway guard caps a request at
+        3 s + 0.25 s per byte of its script (``runaway_guard=False``: everything that fits).
+
+        ``negative_prompt`` is a script that the unconditional branch of guidance reads instead of empty text,
+        so that ``cfg_scale`` above 1 steers away from it."""
         return self._generate(script, dict(
             seed=seed, temperature=temperature, top_p=top_p, top_k=top_k, cfg_scale=cfg_scale,
             max_new_tokens=max_new_tokens, audio_prompt=audio_prompt, audio_prompt_transcript=audio_prompt_transcript,
-            audio_prompt_sample_rate=audio_prompt_sample_rate, voice=voice, voices=voices), progress)
+            audio_prompt_sample_rate=audio_prompt_sample_rate, voice=voice, voices=voices, continuity=continuity,
+            runaway_guard=runaway_guard, negative_prompt=negative_prompt), progress)
 
     def openai_options(self, fields: dict[str, Any]) -> dict[str, Any]:
         options = {name: fields[name] for name in ("seed", "temperature", "top_p", "cfg_scale", "max_new_tokens")
@@ -109,8 +127,9 @@ class Dia1TextToSpeech(SpeechModel):
         if max_new is not None:
             max_new = check_integer("max_new_tokens", max_new, 0, 1 << 62)  # the model's limit is checked later
         return [
-            self._request(s, seed=resolve_seed(sd), audio_prompt=p, audio_prompt_transcript=t,
+            self._request(_padded(s), seed=resolve_seed(sd), audio_prompt=p, audio_prompt_transcript=t,
                           audio_prompt_sample_rate=options["audio_prompt_sample_rate"], max_new_tokens=max_new,
+                          runaway_guard=bool(options["runaway_guard"]), negative_prompt=options["negative_prompt"],
                           **sampling)
             for s, sd, p, t in zip(scripts, seeds, prompts, transcripts, strict=True)
         ]
@@ -126,7 +145,8 @@ class Dia1TextToSpeech(SpeechModel):
 
     def _request(self, script: str, *, seed: int, audio_prompt: Any, audio_prompt_transcript: str | None,
                  audio_prompt_sample_rate: int | None, max_new_tokens: int | None, temperature: float,
-                 top_p: float, top_k: int, cfg_scale: float) -> Dia1Request:
+                 top_p: float, top_k: int, cfg_scale: float, runaway_guard: bool = False,
+                 negative_prompt: str | None = None) -> Dia1Request:
         text = normalize_script(script)
         prompt = None
         transcript = None
@@ -142,10 +162,25 @@ class Dia1TextToSpeech(SpeechModel):
                 "audio_prompt_transcript was given without audio_prompt.", param="audio_prompt_transcript"
             )
         tokens = self._tokens(script, text, transcript)
+        if max_new_tokens is None and runaway_guard:
+            prompt_frames = 0 if prompt is None else int(prompt.shape[0])
+            max_new_tokens = min(runaway_cap(len(encode_script(text))), max_new_tokens_limit(self.config, prompt_frames))
         return Dia1Request(
             text=torch.tensor(tokens, dtype=torch.long), seed=seed, prompt=prompt, max_new_tokens=max_new_tokens,
             temperature=temperature, top_p=top_p, top_k=top_k, cfg_scale=cfg_scale,
+            negative_text=None if negative_prompt is None else self._negative_tokens(negative_prompt, transcript),
         )
+
+    def _negative_tokens(self, negative_prompt: str, transcript: str | None) -> torch.Tensor:
+        """The unconditional branch's text for ``negative_prompt``: a script, after the voice prompt's transcript
+        as the script is, so that the two branches differ in what follows the prompt only."""
+        unwanted = normalize_script(negative_prompt, param="negative_prompt")
+        tokens = encode_script(unwanted if transcript is None else join_prompt_transcript(transcript, unwanted))
+        if len(tokens) > self.config.text_length:
+            raise InvalidInputError(f"The negative prompt is {len(tokens)} bytes long (voice prompt transcript "
+                                    f"included); the model reads at most {self.config.text_length}.",
+                                    param="negative_prompt")
+        return torch.tensor(tokens, dtype=torch.long)
 
     def _prompt_transcript(self, prompt: PromptAudio) -> str:
         """What a voice prompt given without its transcript says, from speech recognition (prompts given as
@@ -185,6 +220,69 @@ class Dia1TextToSpeech(SpeechModel):
 
     def _input_tokens(self, request: Dia1Request) -> int:
         return int(request.text.shape[0])
+
+    # ------------------------------------------------------------------ long scripts
+
+    def _prompt_transcript_bytes(self, options: dict[str, Any]) -> int:
+        transcript = options.get("audio_prompt_transcript")
+        return len(encode_script(transcript)) + 1 if isinstance(transcript, str) else 0
+
+    def _is_long(self, script: str, options: dict[str, Any]) -> bool:
+        if not isinstance(script, str) or not script.strip():
+            return False
+        size = len(encode_script(script.strip()))
+        return size > LONG_FORM_THRESHOLD_BYTES or size + self._prompt_transcript_bytes(options) > self.config.text_length
+
+    def _chunk_fits(self, chunk: str, options: dict[str, Any]) -> bool:
+        size = len(encode_script(chunk))
+        room = self.config.text_length - max(self._prompt_transcript_bytes(options), LONG_FORM_CHUNK_BYTES + 1)
+        return size <= min(LONG_FORM_CHUNK_BYTES, room)
+
+    def _reference_chunk(self, result: Any) -> Any:
+        if result.seconds > MAX_REFERENCE_SECONDS or not result.codes.shape[0]:
+            return None  # too long to prompt with and still leave room to speak: no reference
+        return result
+
+    def _with_reference(self, options: dict[str, Any], reference: Any) -> dict[str, Any]:
+        return {**options, "audio_prompt": reference.codes, "audio_prompt_transcript": reference.text,
+                "audio_prompt_sample_rate": None, "voice": None, "voices": None}
+
+
+#: Long scripts: above this many bytes a script is spoken in chunks of about LONG_FORM_CHUNK_BYTES (Dia-1.6B
+#: sounds most natural for 5-20 s of speech, about 15 bytes a second); a chunk used as the next one's voice
+#: prompt may be at most MAX_REFERENCE_SECONDS long, so that the two fit the 3072 decoder positions.
+LONG_FORM_THRESHOLD_BYTES = 350
+LONG_FORM_CHUNK_BYTES = 200
+MAX_REFERENCE_SECONDS = 15.0
+#: The runaway guard: a request speaks at most RUNAWAY_BASE_SECONDS + RUNAWAY_SECONDS_PER_BYTE per script
+#: byte (about four times the usual pace), so a model that never says EOS stops long before the context ends.
+RUNAWAY_BASE_SECONDS = 3.0
+RUNAWAY_SECONDS_PER_BYTE = 0.25
+#: Scripts of at most this many words get a closing speaker tag, which Dia-1.6B needs to end them cleanly.
+SHORT_SCRIPT_WORDS = 2
+
+
+def runaway_cap(script_bytes: int) -> int:
+    """Decoder steps the runaway guard allows a script of ``script_bytes`` bytes (EOS tail included)."""
+    return math.ceil((RUNAWAY_BASE_SECONDS + RUNAWAY_SECONDS_PER_BYTE * script_bytes) * FRAMES_PER_SECOND) + 16
+
+
+def _padded(script: str) -> str:
+    """A script of one or two words, closed with the other speaker's tag: Dia-1.6B ends a turn cleanly at a
+    speaker change, and without one it tends to run a very short script into babble."""
+    if not isinstance(script, str) or len(re.findall(r"\w+", _untagged_all(script))) > SHORT_SCRIPT_WORDS:
+        return script
+    text = script.rstrip()
+    if text.endswith(tuple(SPEAKER_TAGS)) or not text:
+        return script
+    last = "[S2]" if text.rfind("[S2]") > text.rfind("[S1]") else "[S1]"
+    return f"{text} {'[S1]' if last == '[S2]' else '[S2]'}"
+
+
+def _untagged_all(script: str) -> str:
+    for tag in SPEAKER_TAGS:
+        script = script.replace(tag, " ")
+    return re.sub(r"\([^)]*\)", " ", script)
 
 
 def _untagged(transcript: str) -> str:

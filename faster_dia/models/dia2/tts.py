@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from ...errors import FasterDiaError, InvalidInputError, ModelNotFoundError
+from ...longform import DEFAULT_CONTINUITY
 from ...speech import (
     Progress,
     Speech,
@@ -22,8 +24,25 @@ from ...speech import (
     resolve_seed,
 )
 from .generator import PREFIX_MODES, Dia2Generator, Dia2Request, Dia2SlotState
+from .text import FRAME_RATE
 
 log = logging.getLogger(__name__)
+
+#: Long scripts: above this many characters a script is spoken in chunks of about LONG_FORM_CHUNK_CHARS;
+#: a chunk used as the next one's prefix may be at most MAX_REFERENCE_SECONDS long (prefixes hold 60 s).
+LONG_FORM_THRESHOLD_CHARS = 900
+LONG_FORM_CHUNK_CHARS = 500
+MAX_REFERENCE_SECONDS = 30.0
+#: The runaway guard: a request speaks at most RUNAWAY_BASE_SECONDS + RUNAWAY_SECONDS_PER_CHAR per script
+#: character (about four times the usual pace), so a model that never moves on stops early.
+RUNAWAY_BASE_SECONDS = 3.0
+RUNAWAY_SECONDS_PER_CHAR = 0.25
+
+
+def runaway_cap(script_chars: int) -> int:
+    """Frames the runaway guard allows a script of ``script_chars`` characters."""
+    return math.ceil((RUNAWAY_BASE_SECONDS + RUNAWAY_SECONDS_PER_CHAR * script_chars) * FRAME_RATE)
+
 
 #: Documented ranges of the sampling options (README, "Parameters").
 TEMPERATURE_RANGE = (0.0, 5.0)
@@ -77,6 +96,10 @@ class Dia2TextToSpeech(SpeechModel):
         prefix_sample_rate: int | None = None,
         include_prefix: bool = False,
         prefix_mode: str = "faster-dia",
+        voice: Any = None,
+        voices: dict[str, Any] | None = None,
+        continuity: str = DEFAULT_CONTINUITY,
+        runaway_guard: bool = True,
         progress: Callable[[Progress], None] | None = None,
     ) -> Speech | list[Speech]:
         """Generate speech for one script or a batch. Defaults as the reference: text 0.6 / top-k 50, audio
@@ -99,15 +122,24 @@ class Dia2TextToSpeech(SpeechModel):
         new word exactly once; the result starts at the first frame after the prefix. ``"reference"``
         reproduces the official runtime, quirks included: position P-1 (P = prefix frames) is run twice (two
         cache entries, the text one step ahead), the last 16/18 delayed prefix frames are regenerated rather
-        than forced, and the result starts at frame P-1. Use it to compare with the official code."""
+        than forced, and the result starts at frame P-1. Use it to compare with the official code.
+
+        ``voice`` gives speaker 1 a voice (a stored voice's name, a clip's path, or a built-in name such as
+        ``"alloy"``: a fixed seed); ``voices={"S1": ..., "S2": ...}`` both speakers: each becomes that
+        speaker's prefix, its words placed by their stored times.
+
+        A script longer than about 900 characters (or than the context holds) is spoken in chunks of about
+        500 characters joined into one result (see faster_dia.longform); ``continuity`` is ``"first"`` or
+        ``"previous"``. Without ``max_new_tokens`` the runaway guard caps a request at 3 s + 0.25 s per
+        character of its script (``runaway_guard=False``: the whole context)."""
         return self._generate(script, dict(
             seed=seed, temperature=temperature, top_k=top_k, top_p=top_p, text_temperature=text_temperature,
             text_top_k=text_top_k, audio_temperature=audio_temperature, audio_top_k=audio_top_k,
             cfg_scale=cfg_scale, cfg_filter_k=cfg_filter_k, max_new_tokens=max_new_tokens,
             prefix_speaker_1=prefix_speaker_1, prefix_transcript_1=prefix_transcript_1,
             prefix_speaker_2=prefix_speaker_2, prefix_transcript_2=prefix_transcript_2,
-            prefix_sample_rate=prefix_sample_rate, include_prefix=include_prefix, prefix_mode=prefix_mode),
-            progress)
+            prefix_sample_rate=prefix_sample_rate, include_prefix=include_prefix, prefix_mode=prefix_mode,
+            voice=voice, voices=voices, continuity=continuity, runaway_guard=runaway_guard), progress)
 
     def openai_options(self, fields: dict[str, Any]) -> dict[str, Any]:
         # top_p does not apply (Dia2 samples with top-k); cfg_filter_top_k is Dia2's guidance filter size.
@@ -149,6 +181,18 @@ class Dia2TextToSpeech(SpeechModel):
         return sampling
 
     def _requests(self, scripts: list[str], options: dict[str, Any]) -> list[Dia2Request]:
+        speakers, voice_seed = self._voice_choice(options["voice"], options["voices"])
+        if speakers:
+            if options["prefix_speaker_1"] is not None or options["prefix_speaker_2"] is not None:
+                raise InvalidInputError("Give either a voice or prefix_speaker_1/2, not both.", param="prefix_speaker_1")
+            options = dict(options)
+            for n, speaker in ((1, "S1"), (2, "S2")):
+                if speaker in speakers:
+                    chosen = speakers[speaker]
+                    options[f"prefix_speaker_{n}"] = chosen.codes
+                    options[f"prefix_transcript_{n}"] = chosen.words or chosen.transcript
+        if options["seed"] is None and voice_seed is not None:
+            options = {**options, "seed": voice_seed}
         seeds = per_item(options["seed"], len(scripts), "seed", offset_ints=True)
         sampling = self._sampling(options)
         max_new = options["max_new_tokens"]
@@ -160,14 +204,54 @@ class Dia2TextToSpeech(SpeechModel):
                 f"prefix_mode must be one of {', '.join(PREFIX_MODES)}; got {prefix_mode!r}.", param="prefix_mode"
             )
         head, prefix_codes, steps = self._prefixes(options)
+        guard = bool(options["runaway_guard"]) and max_new is None
         return [
             Dia2Request(
                 entries=head + self._entries(script), seed=resolve_seed(seed), prefix_codes=prefix_codes,
-                prefix_new_word_steps=tuple(steps), prefix_mode=prefix_mode, max_new_frames=max_new,
+                prefix_new_word_steps=tuple(steps), prefix_mode=prefix_mode,
+                max_new_frames=min(runaway_cap(len(script)), self.config.max_context_steps) if guard else max_new,
                 include_prefix=bool(options["include_prefix"]), **sampling,
             )
             for script, seed in zip(scripts, seeds, strict=True)
         ]
+
+    # ------------------------------------------------------------------ long scripts
+
+    def _is_long(self, script: str, options: dict[str, Any]) -> bool:
+        if not isinstance(script, str) or not script.strip():
+            return False
+        return len(script) > LONG_FORM_THRESHOLD_CHARS or self._text_steps(script) > self._step_budget()
+
+    def _chunk_fits(self, chunk: str, options: dict[str, Any]) -> bool:
+        return len(chunk) <= LONG_FORM_CHUNK_CHARS and self._text_steps(chunk) <= self._step_budget()
+
+    def _text_steps(self, script: str) -> int:
+        try:
+            return sum(len(e.tokens) for e in self._entries(script))
+        except InvalidInputError:
+            return 0  # the request itself reports what is wrong with the script
+
+    def _step_budget(self) -> int:
+        from .generator import FLUSH_EXTRA
+
+        c = self.config
+        return c.max_context_steps - 2 - c.max_delay - FLUSH_EXTRA
+
+    def _reference_chunk(self, result: Any) -> Any:
+        if result.seconds > MAX_REFERENCE_SECONDS or not result.codes.shape[0] or not result.words:
+            return None
+        return result
+
+    def _with_reference(self, options: dict[str, Any], reference: Any) -> dict[str, Any]:
+        # The chunk's words with their times, each ending where the next starts (the last at the chunk's end).
+        starts = [start for _, start in reference.words] + [reference.seconds]
+        timed = [(word, start, max(start, starts[i + 1])) for i, (word, start) in enumerate(reference.words)]
+        return {**options, "prefix_speaker_1": reference.codes, "prefix_transcript_1": timed,
+                "prefix_speaker_2": None, "prefix_transcript_2": None, "prefix_sample_rate": None,
+                "include_prefix": False, "voice": None, "voices": None}
+
+    def _has_voice(self, options: dict[str, Any]) -> bool:
+        return super()._has_voice(options) or options.get("prefix_speaker_1") is not None
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
