@@ -106,6 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--asr-model", default=None,
                        help="speech recognition model: a Whisper size or a CTranslate2 directory (default "
                             "$FASTER_DIA_ASR_MODEL or base.en), loaded on first use")
+    hosted = serve.add_argument_group("task API (/v1/tasks) and /v1/dia")
+    hosted.add_argument("--data-dir", type=Path, default=None,
+                        help="job store and result files (default $FASTER_DIA_DATA_DIR or "
+                             "~/.local/share/faster-dia/server)")
+    hosted.add_argument("--allow-outbound", action="append", default=[], metavar="CIDR",
+                        help="let webhooks, uploads and audio URLs reach this non-public network (repeatable)")
+    hosted.add_argument("--price-per-audio-second", type=float, default=0.0, metavar="PRICE",
+                        help="cost of a second of audio, for includeCost (default 0)")
+    hosted.add_argument("--price-per-gpu-second", type=float, default=0.0, metavar="PRICE",
+                        help="cost of a second of decoding, for includeCost (default 0)")
+    hosted.add_argument("--quota", type=int, default=None, metavar="N",
+                        help="/v1/dia requests per API key and day; more get 406 (default: no limit)")
     serve.set_defaults(handler=_serve)
 
     ui = sub.add_parser("ui", help="open the web page in a browser, served on 127.0.0.1",
@@ -275,6 +287,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise FasterDiaError("--seed must be between 0 and 2**64 - 1.")
     if args.idle_unload is not None and not args.idle_unload > 0:
         raise FasterDiaError("--idle-unload must be a positive number of seconds.")
+    hosted = _hosted_options(args)
     options = {**_load_options(args), "max_queue": args.max_queue}
     check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "max_queue", "cuda_graphs")})
     keys = [k for k in args.api_key if k.strip()]
@@ -299,9 +312,31 @@ def _serve(args: argparse.Namespace) -> int:
     with sock:
         serve(specs, sock=sock, api_keys=keys, default_model=args.default_model, lazy=args.lazy,
               idle_unload=args.idle_unload, chunk_seconds=args.chunk_seconds, default_seed=args.seed,
-              metrics_public=args.metrics_public, voices=args.voices_dir, asr_model=args.asr_model,
+              metrics_public=args.metrics_public, voices=args.voices_dir, asr_model=args.asr_model, **hosted,
               log_level="debug" if args.verbose else "info")
     return 0
+
+
+def _hosted_options(args: argparse.Namespace) -> dict:
+    """The task API's options of ``serve``, checked (the data directory made) before any model loads."""
+    from .server.hosted import default_data_dir
+    from .server.outbound import parse_networks
+    from .server.pricing import Pricing
+
+    data_dir = getattr(args, "data_dir", None)
+    try:
+        (data_dir or default_data_dir()).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FasterDiaError(f"Cannot use {data_dir or default_data_dir()} as the data directory: "
+                             f"{exc.strerror or exc}.") from exc
+    allow = getattr(args, "allow_outbound", [])
+    parse_networks(allow)
+    quota = getattr(args, "quota", None)
+    if quota is not None and quota < 0:
+        raise FasterDiaError("--quota must be 0 or more.")
+    pricing = Pricing(per_audio_second=getattr(args, "price_per_audio_second", 0.0),
+                      per_gpu_second=getattr(args, "price_per_gpu_second", 0.0))
+    return {"data_dir": data_dir, "allow_outbound": allow, "pricing": pricing, "quota": quota}
 
 
 def _open_when_ready(url: str, open_browser: bool) -> None:

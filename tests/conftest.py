@@ -8,6 +8,8 @@ import tempfile
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Servers built without an explicit voice library use the default one: keep it out of the user's home.
 os.environ.setdefault("FASTER_DIA_VOICES_DIR", tempfile.mkdtemp(prefix="faster-dia-voices-"))
+# Likewise the task API's job store and result files.
+os.environ.setdefault("FASTER_DIA_DATA_DIR", tempfile.mkdtemp(prefix="faster-dia-data-"))
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

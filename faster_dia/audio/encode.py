@@ -17,6 +17,9 @@ flac      native FLAC, 16-bit             input rate           audio/flac
 
 [*] resampled to the nearest rate the codec supports when it does not support the input rate.
 
+:func:`encode_audio` (whole files) also takes a bit rate, stereo output (the mono signal on both channels) and
+an output sample rate.
+
 Streamed output cannot go back to fix its header, so:
 
 - WAV: the RIFF size and the ``data`` size are both 0xFFFFFFFF, what FFmpeg itself writes on
@@ -45,7 +48,7 @@ import numpy as np
 
 from faster_dia.errors import InvalidInputError
 
-from .resample import StreamingResampler
+from .resample import StreamingResampler, resample
 
 #: The ``response_format`` values an encoder exists for, OpenAI's order.
 SUPPORTED_FORMATS: tuple[str, ...] = ("mp3", "opus", "aac", "flac", "wav", "pcm")
@@ -270,18 +273,21 @@ class PyAVEncoder(Encoder):
     count and MD5, the MP3 Xing/LAME header with gapless trimming), which some readers need.
     """
 
-    def __init__(self, fmt: str, sample_rate: int, *, whole_file: bool = False):
+    def __init__(self, fmt: str, sample_rate: int, *, whole_file: bool = False, bit_rate: int | None = None,
+                 channels: int = 1, output_sample_rate: int | None = None):
         spec = _CODECS[fmt]
-        output_rate = spec.fixed_rate or _supported_rate(spec.codec, sample_rate)
+        output_rate = spec.fixed_rate or _supported_rate(spec.codec, output_sample_rate or sample_rate)
         super().__init__(fmt, sample_rate, output_rate)
         self._spec = spec
+        self._layout = "stereo" if channels == 2 else "mono"
         self._resampler = StreamingResampler(sample_rate, output_rate)
         self._sink: _Sink | io.BytesIO = io.BytesIO() if whole_file else _Sink()
         self._container = av.open(self._sink, mode="w", format=spec.container, options=spec.container_options)
-        self._stream = self._container.add_stream(spec.codec, rate=output_rate, layout="mono")
+        self._stream = self._container.add_stream(spec.codec, rate=output_rate, layout=self._layout)
         self._stream.format = spec.sample_format
-        if spec.bit_rate is not None:
-            self._stream.bit_rate = spec.bit_rate
+        bit_rate = spec.bit_rate if bit_rate is None else bit_rate
+        if bit_rate is not None:
+            self._stream.bit_rate = bit_rate
         self._stream.time_base = Fraction(1, output_rate)
         self._container.start_encoding()
         self._next_pts = 0
@@ -290,10 +296,16 @@ class PyAVEncoder(Encoder):
         if samples.size == 0:
             return
         if self._spec.sample_format == "s16":
-            array = _to_int16(np.clip(samples, -1.0, 1.0))[None, :]
+            data = _to_int16(np.clip(samples, -1.0, 1.0))
         else:
-            array = np.ascontiguousarray(samples[None, :], dtype=np.float32)
-        frame = av.AudioFrame.from_ndarray(array, format=self._spec.sample_format, layout="mono")
+            data = np.asarray(samples, dtype=np.float32)
+        if self._layout == "mono":
+            array = np.ascontiguousarray(data[None, :])
+        elif self._spec.sample_format.endswith("p"):  # planar: one row per channel
+            array = np.ascontiguousarray(np.stack([data, data]))
+        else:  # packed: one row, the channels interleaved
+            array = np.repeat(data, 2)[None, :]
+        frame = av.AudioFrame.from_ndarray(array, format=self._spec.sample_format, layout=self._layout)
         frame.sample_rate = self.output_sample_rate
         frame.time_base = Fraction(1, self.output_sample_rate)
         frame.pts = self._next_pts
@@ -341,18 +353,35 @@ def open_encoder(fmt: str, sample_rate: int) -> Encoder:
     return PyAVEncoder(name, sample_rate)
 
 
-def encode_audio(pcm: np.ndarray, sample_rate: int, fmt: str) -> bytes:
+def encode_audio(pcm: np.ndarray, sample_rate: int, fmt: str, *, bitrate: int | None = None, channels: int = 1,
+                 output_sample_rate: int | None = None) -> bytes:
     """Encode a whole clip in one call: the bytes of a complete file (or raw stream for ``pcm``).
 
     Unlike the streamed form, FLAC gets its total sample count and MD5 and MP3 its Xing/LAME header
     (exact duration after decoding), and WAV its real sizes, since the header can be written last.
+
+    The lossy formats (mp3, opus, aac) take ``bitrate`` in bits per second (default: the format's, see the
+    table above); mp3, opus, aac and flac take ``channels`` 2 (the mono input on both channels); every format
+    but pcm takes ``output_sample_rate`` (the input is resampled; mp3 and aac use the nearest rate the codec
+    supports, opus always codes at 48 kHz). The defaults give exactly what they gave before.
     """
     name = normalize_format(fmt)
+    if channels not in (1, 2):
+        raise InvalidInputError(f"channels must be 1 or 2, got {channels!r}.", param="channels")
+    if bitrate is not None and name in ("pcm", "wav", "flac"):
+        raise InvalidInputError(f"{name} is lossless: it takes no bit rate.", param="bitrate")
+    if channels != 1 and name in ("pcm", "wav"):
+        raise InvalidInputError(f"{name} output is mono.", param="channels")
+    if output_sample_rate is not None and name == "pcm":
+        raise InvalidInputError(f"pcm output is always {PCM_SAMPLE_RATE} Hz.", param="output_sample_rate")
     encoder: Encoder
     if name == "pcm":
         encoder = PcmEncoder(sample_rate)
     elif name == "wav":
+        if output_sample_rate is not None and output_sample_rate != sample_rate:
+            pcm, sample_rate = resample(_prepare(pcm), sample_rate, output_sample_rate), output_sample_rate
         encoder = WavEncoder(sample_rate, whole_file=True)
     else:
-        encoder = PyAVEncoder(name, sample_rate, whole_file=True)
+        encoder = PyAVEncoder(name, sample_rate, whole_file=True, bit_rate=bitrate, channels=channels,
+                              output_sample_rate=output_sample_rate)
     return encoder.push(pcm) + encoder.close()

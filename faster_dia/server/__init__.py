@@ -12,9 +12,10 @@ import socket
 from collections.abc import Iterable, Sequence
 
 from .app import create_app
+from .pricing import Pricing
 from .registry import OPENAI_NAMES, ModelRegistry, ModelSpec
 
-__all__ = ["OPENAI_NAMES", "ModelRegistry", "ModelSpec", "create_app", "serve"]
+__all__ = ["OPENAI_NAMES", "ModelRegistry", "ModelSpec", "Pricing", "create_app", "serve"]
 
 log = logging.getLogger("faster_dia.server")
 
@@ -32,6 +33,10 @@ def serve(
     metrics_public: bool = False,
     voices: str | os.PathLike | None = None,
     asr_model: str | None = None,
+    data_dir: str | os.PathLike | None = None,
+    allow_outbound: Iterable[str] = (),
+    pricing: Pricing | None = None,
+    quota: int | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``specs`` on the already bound ``sock`` until interrupted. Without ``lazy`` every model is loaded
@@ -44,7 +49,8 @@ def serve(
     if not lazy:
         registry.load_all()
     app = create_app(registry, api_keys=api_keys, chunk_seconds=chunk_seconds, default_seed=default_seed,
-                     metrics_public=metrics_public, voices=voices, asr_model=asr_model)
+                     metrics_public=metrics_public, voices=voices, asr_model=asr_model, data_dir=data_dir,
+                     allow_outbound=allow_outbound, pricing=pricing, quota=quota)
     host, port = sock.getsockname()[:2]
     log.info("serving %s on http://%s:%d", ", ".join(m.id for m in registry.models), host, port)
     # One process: several uvicorn workers would each load their own copy of every model.

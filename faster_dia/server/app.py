@@ -24,20 +24,23 @@ from ..errors import FasterDiaError
 from ..voices import MAX_UPLOAD_BYTES, VoiceLibrary
 from .docs import install_docs
 from .errors import install_error_handlers
+from .hosted import Hosted, HostedApiKeyAuth
 from .metrics import Metrics, RequestCounter
 from .middleware import ApiKeyAuth, BodyLimit, HeadAsGet, RequestContext
+from .pricing import Pricing
 from .registry import HostedModel, ModelRegistry
 
 log = logging.getLogger("faster_dia.server")
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: Routes that take audio uploads: they get a body limit of the largest audio file plus the form around it.
-UPLOAD_PATHS = ("/v1/voices", "/v1/audio/voices", "/v1/audio/transcriptions", "/v1/audio/translations")
+UPLOAD_PATHS = ("/v1/voices", "/v1/audio/voices", "/v1/audio/transcriptions", "/v1/audio/translations",
+                "/v1/tasks", "/v1/dia")
 #: Audio per streamed chunk. Small enough for a quick first byte, large enough that a chunk's codec decode
 #: and encode cost little per second of audio; the same for every family.
 DEFAULT_CHUNK_SECONDS = 0.37
 
-ROUTERS = ("speech", "models", "health", "metrics", "transcriptions", "voices", "ui")
+ROUTERS = ("speech", "models", "health", "metrics", "transcriptions", "voices", "ui", "tasks", "files", "dia")
 
 
 @dataclass
@@ -51,6 +54,7 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     asr: LazyRecognizer = field(default_factory=LazyRecognizer)  # speech recognition, loaded on first use
     voices: VoiceLibrary | None = None
+    hosted: Hosted | None = None  # the task API's job store, result files, outbound client, prices
 
     async def transcriber(self) -> Any:
         """``(pcm, rate) -> Transcript`` with the server's recognizer, or None when speech recognition is not
@@ -89,6 +93,10 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     asr_model: Any = None,
     voices: VoiceLibrary | str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    allow_outbound: Iterable[str] = (),
+    pricing: Pricing | None = None,
+    quota: int | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible speech server around one or more models.
 
@@ -101,7 +109,10 @@ def create_app(
     ``/v1/audio/transcriptions`` (see ``faster_dia.asr.load``; None: the default), loaded on first use; it
     also transcribes voices and voice prompts given without a transcript. ``voices`` is the voice library (a
     directory or a :class:`~faster_dia.voices.VoiceLibrary`; default :func:`~faster_dia.voices.default_voices_dir`),
-    shared by every hosted model.
+    shared by every hosted model. The task API (``/v1/tasks``) keeps its job store and result files in
+    ``data_dir`` (default :func:`~faster_dia.server.hosted.default_data_dir`); its webhooks, uploads and audio URLs
+    may reach non-public addresses only in the ``allow_outbound`` networks (CIDR); ``pricing`` prices its results;
+    ``quota`` bounds ``/v1/dia`` requests per API key and day.
     """
     if isinstance(models, ModelRegistry):
         registry = models
@@ -116,15 +127,18 @@ def create_app(
     if not isinstance(voices, VoiceLibrary):
         voices = VoiceLibrary(voices)
     state.voices = voices
+    state.hosted = Hosted(data_dir, allow_outbound=allow_outbound, pricing=pricing, quota=quota)
     registry.share(voices=voices, asr=state.asr)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         unloader = asyncio.create_task(registry.unload_idle())
+        await state.hosted.start()
         try:
             yield
         finally:
             unloader.cancel()
+            await state.hosted.stop()
 
     app = FastAPI(title="faster-dia", version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
                   description="OpenAI-compatible text-to-speech with the Nari Labs Dia models.")
@@ -140,7 +154,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes, upload_paths=UPLOAD_PATHS,
                        max_upload_bytes=MAX_UPLOAD_BYTES + (1 << 20))
     public = ApiKeyAuth.PUBLIC_PATHS | public_routes | ({"/metrics"} if metrics_public else set())
-    app.add_middleware(ApiKeyAuth, keys=list(api_keys), public_paths=public)
+    app.add_middleware(HostedApiKeyAuth, keys=list(api_keys), public_paths=public)
     app.add_middleware(HeadAsGet)
     app.add_middleware(RequestCounter, metrics=state.metrics)
     app.add_middleware(RequestContext)

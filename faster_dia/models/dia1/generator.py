@@ -45,7 +45,8 @@ _NO_EOS = 1 << 40
 @dataclass
 class Dia1Request(RequestBase):
     """One utterance to generate. ``text`` holds byte tokens (prompt transcript included); ``prompt`` holds
-    undelayed DAC codes [T, 9] or is None."""
+    undelayed DAC codes [T, 9] or is None. ``negative_text`` (byte tokens) is what the unconditional branch of
+    classifier-free guidance reads instead of all-zero text, so that guidance steers away from it."""
 
     text: torch.Tensor
     seed: int
@@ -55,6 +56,7 @@ class Dia1Request(RequestBase):
     top_p: float = 0.95
     top_k: int = 45
     cfg_scale: float = 3.0
+    negative_text: torch.Tensor | None = None
 
 
 @dataclass(eq=False)
@@ -82,6 +84,12 @@ class StepShape:
     text_length: int  # cross-attention keys read per row
     top_k: int  # candidate set size
     sampling: bool  # False when every request is greedy
+
+
+def _text_width(request: Dia1Request) -> int:
+    """Text keys a request's two rows hold: its text, or the longer of its text and its negative text."""
+    width = int(request.text.shape[0])
+    return width if request.negative_text is None else max(width, int(request.negative_text.shape[0]))
 
 
 def max_new_tokens_limit(config: Dia1Config, prompt_frames: int) -> int:
@@ -163,6 +171,13 @@ class Dia1Generator(SlotGenerator[SlotState]):
             )
         if int(request.text.min()) < 0 or int(request.text.max()) >= c.text_vocab_size:
             raise InvalidInputError("Script tokens must be bytes (0..255).", param="input")
+        negative = request.negative_text
+        if negative is not None:
+            if negative.dim() != 1 or not 0 < negative.shape[0] <= c.text_length:
+                raise InvalidInputError(f"The negative prompt must be 1 to {c.text_length} bytes long.",
+                                        param="negative_prompt")
+            if int(negative.min()) < 0 or int(negative.max()) >= c.text_vocab_size:
+                raise InvalidInputError("Negative prompt tokens must be bytes (0..255).", param="negative_prompt")
         limit = max_new_tokens_limit(c, prompt_frames)
         smallest = min_new_tokens(c)
         if limit < smallest:
@@ -221,7 +236,7 @@ class Dia1Generator(SlotGenerator[SlotState]):
         self.cfg_scale[slot] = request.cfg_scale
         self.key[slot] = seed_key(request.seed)
         self.active[slot] = True
-        text_length = int(request.text.shape[0])
+        text_length = _text_width(request)
         self._host_position[slot] = prompt_frames
         self._host_text_length[slot] = text_length
         self._host_top_k[slot] = request.top_k
@@ -237,10 +252,17 @@ class Dia1Generator(SlotGenerator[SlotState]):
         rows = torch.tensor([2 * slot, 2 * slot + 1], device=dev)
 
         # Row 2s is conditioned on the text; row 2s+1 is the unconditional branch of CFG: all-zero text
-        # under the conditional row's mask.
+        # under the conditional row's mask, or the negative text, each row padded to the longer and masked.
         text = request.text.to(dev).view(1, -1)
-        pair = torch.cat([text, torch.zeros_like(text)], dim=0)
-        mask = torch.ones_like(pair, dtype=torch.bool)
+        if request.negative_text is None:
+            pair = torch.cat([text, torch.zeros_like(text)], dim=0)
+            mask = torch.ones_like(pair, dtype=torch.bool)
+        else:
+            pair = torch.zeros(2, _text_width(request), dtype=torch.long, device=dev)
+            mask = torch.zeros_like(pair, dtype=torch.bool)
+            for row, tokens in enumerate((request.text, request.negative_text)):
+                pair[row, : tokens.shape[0]] = tokens.to(dev)
+                mask[row, : tokens.shape[0]] = True
         self.model.fill_cross_cache(self.cache, rows, self.model.encode(pair, mask), mask)
 
         prompt = request.prompt if request.prompt is not None else torch.zeros(0, c.channels, dtype=torch.long)
@@ -251,7 +273,7 @@ class Dia1Generator(SlotGenerator[SlotState]):
             frames = self.tokens[slot, :prompt_frames].expand(2, -1, -1)
             positions = torch.arange(prompt_frames, device=dev).expand(2, -1)
             self.model.decode(
-                frames, positions, self.cache, rows, kv_length=prompt_frames, text_length=text.shape[1]
+                frames, positions, self.cache, rows, kv_length=prompt_frames, text_length=pair.shape[1]
             )
 
     # ------------------------------------------------------------------ stepping
