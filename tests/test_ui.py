@@ -308,6 +308,39 @@ def test_dia2_words_follow_the_audio(driver, server, tts2, shots):
     only_local(driver, server)
 
 
+def test_stop_cancels_and_downloads_come_in_the_chosen_format(driver, server, tts2, tmp_path):
+    open_page(driver, server)
+    select(driver, "model", tts2.model_id)
+    set_value(driver, "script", " ".join([SCRIPT] * 6))
+    el(driver, "generate").click()
+    wait_for(driver, "document.getElementById('progress').textContent.includes('s of audio ·')")
+    el(driver, "stop").click()
+    stopped = wait_for(driver, "document.getElementById('progress').textContent.startsWith('Stopped') && "
+                               "document.getElementById('progress').textContent")
+    assert "Stopped after" in stopped and not driver.find_elements("css selector", "#history .entry")
+    deadline = time.monotonic() + WAIT  # the server cancels the request when the page drops it
+    while httpx.get(server + "/health", timeout=WAIT).json()["in_flight"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    driver.execute_cdp_cmd("Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)})
+    set_value(driver, "script", SCRIPT)
+    set_value(driver, "seed", "5")
+    select(driver, "format", "mp3")
+    assert generate(driver).startswith("Done:")
+    el(driver, "download").click()
+    mp3 = tmp_path / "dia-5.mp3"
+    wait_for(driver, f"document.getElementById('progress').textContent === 'Saved {mp3.name}.'")
+    deadline = time.monotonic() + WAIT
+    while not mp3.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    api = httpx.post(server + "/v1/audio/speech", timeout=WAIT, json={
+        "model": tts2.model_id, "input": SCRIPT, "seed": 5, "response_format": "mp3", "stream": False})
+    assert mp3.read_bytes() == api.content  # made again from the seed: the same file
+    only_local(driver, server)
+
+
 def test_errors_appear_next_to_their_fields(driver, server, shots):
     open_page(driver, server)
     set_value(driver, "script", SCRIPT)
