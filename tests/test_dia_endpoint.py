@@ -3,6 +3,8 @@ page's ranges as clear 400s, x-api-key, binary audio back, and 406 once a quota 
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import numpy as np
 import pytest
@@ -152,3 +154,12 @@ def test_x_api_key_or_bearer_and_a_daily_quota(models, recognizer, tmp_path):
         assert dia(url, headers={"x-api-key": "k2"}).status_code == 200  # each key has its own
         assert_error(dia(url, headers={"x-api-key": "wrong"}), 401)
         assert_error(dia(url), 401)
+
+
+def test_text_with_a_lone_surrogate_and_the_api_description(server):
+    body = json.dumps({"text": "[S1] Hi \ud800 there."})  # JSON may escape a lone surrogate
+    response = httpx.post(f"{server}/v1/dia", content=body, headers={"content-type": "application/json"})
+    assert_error(response, 400, "text")
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+    assert {"/v1/tasks", "/v1/dia", "/v1/files/{file_id}"} <= set(paths)
+    assert "multipart/form-data" in paths["/v1/dia"]["post"]["requestBody"]["content"]

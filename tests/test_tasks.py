@@ -356,6 +356,22 @@ def test_negative_prompt_changes_dia1_output_and_cfg_scale_one_ignores_it(server
     assert audio(CFGScale=1, negativePrompt="[S1] Mumbling, noise and static.") == unguided
 
 
+def test_negative_text_requests_replay_like_any_other(models):
+    """A request with a negative text (its two rows padded to the longer text) gets its solo eager tokens when
+    replayed in a batch next to requests without one, and one without gets the same tokens as before."""
+    from dia1_requests import dia1_request
+    from test_step_capture import _assert_replays_give_solo_tokens
+
+    from faster_dia.models.dia1.generator import Dia1Generator
+
+    dia1, _ = models
+    negative = ["[S1] Mumbling, static and a very long list of things nobody wants to hear in the result.",
+                "[S2] No.", None, "[S1] Noise.", None]
+    requests = [dia1_request(dia1, i, negative_prompt=n) for i, n in enumerate(negative)]
+    assert [r.negative_text is None for r in requests] == [n is None for n in negative]
+    _assert_replays_give_solo_tokens(Dia1Generator, dia1.model, requests, slots=3, join_every=9)
+
+
 def test_negative_prompt_on_dia2_is_refused_unless_unguided(server):
     url, _ = server
     body = task(model="dia2", negativePrompt="[S1] Mumbling.", settings={"maxNewTokens": DIA2_FRAMES})

@@ -63,7 +63,8 @@ def default_data_dir() -> Path:
     return Path(data).expanduser() / "faster-dia" / "server"
 
 
-def restart_error(task_uuid: str, task_type: str = "audioInference") -> dict[str, Any]:
+def restart_error(task_uuid: str) -> dict[str, Any]:
+    """The error of a result that a restart found unfinished, in the task API's shape."""
     return {"code": "serverRestarted", "type": "serverError", "parameter": None, "taskUUID": task_uuid,
             "message": "The server restarted while this result was being generated; send the task again with a new "
                        "taskUUID."}
@@ -134,8 +135,7 @@ class Hosted:
         for task in [*self._loops, *self._jobs]:
             with contextlib.suppress(BaseException):
                 await task
-        await self.outbound.aclose()
-        self.store.close()
+        await self.outbound.aclose()  # the store stays open: an app may be started again
 
     def spawn(self, coroutine: Any) -> asyncio.Task:
         """Run a task's work in the background, kept referenced until it ends (cancelled at shutdown)."""

@@ -26,7 +26,7 @@ from ...errors import FasterDiaError, InvalidInputError
 from ...speech import MAX_SEED, in_output_pool
 from ..app import state_of
 from ..audio_settings import encode_output, output_spec
-from ..errors import request_id_of
+from ..errors import reject_surrogates, request_id_of
 from ..hosted import voice_options
 from ..schemas import MAX_INPUT_CHARS, ErrorResponse
 
@@ -74,6 +74,7 @@ class DiaRequest:
         text = fields.get("text")
         if not isinstance(text, str) or not text.strip():
             raise InvalidInputError("text is required: the script, e.g. '[S1] Hello. [S2] Hi!'.", param="text")
+        reject_surrogates(text, "text")
         if len(text) > MAX_INPUT_CHARS:
             raise InvalidInputError(f"text is {len(text)} characters long; the limit is {MAX_INPUT_CHARS}.",
                                     param="text")
@@ -95,6 +96,8 @@ class DiaRequest:
         for name, value in (("output_format", output_format), ("model", model), ("speaker_transcript", transcript)):
             if value is not None and not isinstance(value, str):
                 raise InvalidInputError(f"{name} must be text.", param=name)
+            if value is not None:
+                reject_surrogates(value, name)
         return cls(text=text, seed=None if seed in (None, -1) else int(seed), sampling=sampling, speed=float(speed),
                    output_format=output_format, model=model, input_audio=fields.get("input_audio") or None,
                    transcript=transcript)
@@ -150,7 +153,10 @@ async def _fields(request: Request) -> tuple[dict[str, Any], bool]:
     return body, False
 
 
-@router.post("/v1/dia", response_class=Response,
+@router.post("/v1/dia", response_class=Response, openapi_extra={"requestBody": {"required": True, "content": {
+                 "application/json": {"schema": {"type": "object", "required": ["text"]}},
+                 "multipart/form-data": {"schema": {"type": "object", "required": ["text"], "properties": {
+                     "input_audio": {"type": "string", "format": "binary"}}}}}}},
              responses={**{s: {"model": ErrorResponse} for s in (400, 401, 404, 406, 413, 503, 500)},
                         200: {"content": {"audio/wav": {}}, "description": "the audio file"}})
 async def dia(request: Request) -> Response:
@@ -166,10 +172,6 @@ async def dia(request: Request) -> Response:
     spec = output_spec(body.output_format, None, tts.sample_rate, format_param="output_format")
     options = body.options(tts, state.default_seed)
     type(tts).check_options(options)
-    key = request.headers.get("authorization", "").partition(" ")[2].strip() or None
-    if not await hosted.take_quota(key):
-        raise QuotaExceededError("Not enough credits: the daily quota of this API key is used up.", param=None,
-                                 code="insufficient_credits")
     references: list[Any] = []
     hosted_model.active += 1
     try:
@@ -182,6 +184,11 @@ async def dia(request: Request) -> Response:
         if body.transcript is not None and references and isinstance(references[0], Path):
             options.update({"prefix_transcript_1": body.transcript} if tts.family == "dia2"
                            else _dia1_prompt(options, body.transcript))
+        # Counted once the request is known to be good, just before the work.
+        key = request.headers.get("authorization", "").partition(" ")[2].strip() or None
+        if not await hosted.take_quota(key):
+            raise QuotaExceededError("Not enough credits: the daily quota of this API key is used up.",
+                                     code="insufficient_credits")
         speech = await tts.agenerate(body.text, **options)
         pcm = await in_output_pool(change_speed, speech.audio, speech.sample_rate, body.speed)
         data = await in_output_pool(encode_output, pcm, speech.sample_rate, spec)

@@ -312,7 +312,9 @@ class _Call:
     request_id: str
 
 
-@router.post("/v1/tasks", responses={200: {"description": "{data: [...]} and/or {errors: [...]}"}})
+@router.post("/v1/tasks", responses={200: {"description": "{data: [...]} and/or {errors: [...]}"}},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                 "type": "array", "items": {"type": "object", "required": ["taskType"]}}}}}})
 async def run_tasks(request: Request) -> JSONResponse:
     """Run an array of tasks: ``audioInference`` (speech from a script) and ``getResponse`` (the results of an
     earlier task so far). Answers are matched to tasks by ``taskUUID``."""
