@@ -27,7 +27,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -76,6 +76,11 @@ class RequestEvents:
             if not self._lock.wait_for(lambda: self._items, timeout):
                 raise queue.Empty
             return self._items.popleft()
+
+    def get_nowait(self) -> tuple | None:
+        """The next event if there is one, else None."""
+        with self._lock:
+            return self._items.popleft() if self._items else None
 
     async def aget(self) -> tuple:
         """The next event, awaited on the running event loop."""
@@ -145,6 +150,7 @@ class Engine:
         self._chunks_due: list[tuple[int, int, Submission]] = []
         self._order = itertools.count()
         self._cancellations: deque[Submission] = deque()  # appended from any thread
+        self._commands: deque[Callable[[], None]] = deque()  # run on the engine thread between steps
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -190,9 +196,7 @@ class Engine:
                     retry_after=self._retry_after(),
                 )
             self._waiting.extend(submissions)
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="faster-dia-engine", daemon=True)
-                self._thread.start()
+            self._start_thread()
             self._wake.notify()
         return submissions
 
@@ -203,6 +207,20 @@ class Engine:
             self._wake.notify()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
+
+    def post(self, command: Callable[[], None]) -> None:
+        """Run ``command`` on the engine thread before the next step (e.g. text arriving for a running request:
+        generator state is only ever touched by the engine thread)."""
+        with self._wake:
+            self._commands.append(command)
+            self._start_thread()
+            self._wake.notify()
+
+    def _start_thread(self) -> None:
+        """Start the engine thread if it is not running (caller holds the lock)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._loop, name="faster-dia-engine", daemon=True)
+            self._thread.start()
 
     def _cancel(self, sub: Submission) -> None:
         with self._wake:
@@ -240,19 +258,26 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self._wake:
-                    while not self._waiting and not self._running and not self._cancellations and not self._closed:
+                    while not self._has_work():
                         self._wake.wait()
                     if self._closed:
                         self._shut_down()
                         return
                     admitted = self._admit()
+                    commands = list(self._commands)
+                    self._commands.clear()
+                for command in commands:
+                    try:
+                        command()
+                    except Exception:  # a bad command must not stop the engine
+                        log.exception("engine command failed")
                 for sub in admitted:
                     sub.admitted_step = self.steps
                     self._running[sub.state.slot] = sub
                     if sub.chunk_frames is not None:
                         self._schedule_chunk(sub)
                 self._drop_cancelled()
-                if not self._running:
+                if not self._running or not self.generator.ready_to_step():
                     continue
                 started = time.perf_counter()
                 try:
@@ -265,6 +290,13 @@ class Engine:
                     continue
                 self._measure_step(time.perf_counter() - started)
                 self._report(finished)
+
+    def _has_work(self) -> bool:
+        """Whether the loop has something to do (caller holds the lock): otherwise it sleeps until notified.
+        Requests that wait for input (text still to come) are running but give no step to take."""
+        return bool(self._closed or self._cancellations or self._commands
+                    or (self._waiting and self.generator.free_slots)
+                    or (self._running and self.generator.ready_to_step()))
 
     def _admit(self) -> list[Submission]:
         admitted = []

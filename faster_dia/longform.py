@@ -66,7 +66,8 @@ class LongFormPlan:
     results: list[ChunkResult] = field(default_factory=list)
 
     @classmethod
-    def make(cls, tts: SpeechModel, script: str, options: dict[str, Any]) -> LongFormPlan:
+    def make(cls, tts: SpeechModel, script: str, options: dict[str, Any], *, allow_empty: bool = False
+             ) -> LongFormPlan:
         from .speech import resolve_seed
 
         continuity = options["continuity"]
@@ -74,7 +75,7 @@ class LongFormPlan:
             raise InvalidInputError(f"continuity must be one of {', '.join(CONTINUITY_MODES)}, got {continuity!r}.",
                                     param="continuity")
         chunks = split_script(script, lambda chunk: tts._chunk_fits(chunk, options))
-        if not chunks:
+        if not chunks and not allow_empty:
             raise InvalidInputError("The script is empty.", param="input")
         return cls(tts, chunks, options, resolve_seed(options["seed"]), continuity)
 
@@ -186,7 +187,8 @@ class _LongStreamBase:
     """A long script's audio as one stream (blocking or asyncio below): the chunks' streams in order, later
     ones opened as the plan allows, joined by a :class:`Stitcher`."""
 
-    def __init__(self, tts: SpeechModel, plan: LongFormPlan, chunk_frames: int, opener: Callable[..., Any]):
+    def __init__(self, tts: SpeechModel, plan: LongFormPlan, chunk_frames: int, opener: Callable[..., Any],
+                 arrivals: Any = None):
         self._tts = tts
         self.plan = plan
         self.seed = plan.seed
@@ -201,8 +203,12 @@ class _LongStreamBase:
         self._streams: dict[int, Any] = {}
         self._current: Any = None
         self._closed = False
-        self._ensure_open(0)
-        self.input_tokens = self._streams[0].input_tokens
+        # Chunks written while the stream plays arrive here (faster_dia.textstream); None: the plan is whole.
+        self._arrivals = arrivals
+        self._more = arrivals is not None
+        if plan.chunks:
+            self._ensure_open(0)
+            self.input_tokens = self._streams[0].input_tokens
 
     @property
     def frames(self) -> int:
@@ -217,6 +223,23 @@ class _LongStreamBase:
             text = self.plan.chunks[index]
             self._streams[index] = self._open(text, self.plan.chunk_options(index), self.chunk_frames)
         return self._streams[index]
+
+    def _arrived(self, event: tuple) -> None:
+        kind, text = event
+        if kind == "end":
+            self._more = False
+            return
+        self.plan.chunks.append(text)
+        index = len(self.plan.chunks) - 1
+        if index == 0 or (self.plan.batched_after_first and self.plan.results):
+            self._ensure_open(index)  # its reference is known: start it now, next to the one playing
+
+    def _take_arrivals(self) -> None:
+        while self._more:
+            event = self._arrivals.get_nowait()
+            if event is None:
+                return
+            self._arrived(event)
 
     def _chunk_done(self, index: int, stream: Any) -> None:
         offset = self._stitcher.word_offset()
@@ -261,7 +284,13 @@ class LongSpeechStream(_LongStreamBase):
         self._iterator = self._run()
 
     def _run(self) -> Iterator[np.ndarray]:
-        for index in range(len(self.plan.chunks)):
+        index = 0
+        while True:
+            self._take_arrivals()
+            while index >= len(self.plan.chunks) and self._more:
+                self._arrived(self._arrivals.get())
+            if index >= len(self.plan.chunks):
+                return
             stream = self._begin(index)
             for audio in stream:
                 self._live_words(stream)
@@ -271,6 +300,7 @@ class LongSpeechStream(_LongStreamBase):
             self._live_words(stream)
             tail = self._stitcher.end_chunk()
             self._chunk_done(index, stream)
+            index += 1
             if tail.size:
                 yield tail
 
@@ -298,7 +328,13 @@ class AsyncLongSpeechStream(_LongStreamBase):
         self._iterator = self._run()
 
     async def _run(self):
-        for index in range(len(self.plan.chunks)):
+        index = 0
+        while True:
+            self._take_arrivals()
+            while index >= len(self.plan.chunks) and self._more:
+                self._arrived(await self._arrivals.aget())
+            if index >= len(self.plan.chunks):
+                return
             stream = self._begin(index)
             async for audio in stream:
                 self._live_words(stream)
@@ -308,6 +344,7 @@ class AsyncLongSpeechStream(_LongStreamBase):
             self._live_words(stream)
             tail = self._stitcher.end_chunk()
             self._chunk_done(index, stream)
+            index += 1
             if tail.size:
                 yield tail
 

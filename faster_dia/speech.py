@@ -647,9 +647,50 @@ class SpeechModel:
         from .longform import LongFormPlan
 
         plan = LongFormPlan.make(self, script, options)
-        single = SpeechStream if kind.__name__ == "LongSpeechStream" else AsyncSpeechStream
-        return kind(self, plan, frames, lambda text, chunk_options, chunk_frames: self._open_one(
-            single, text, chunk_options, chunk_frames))
+        return kind(self, plan, frames, self._chunk_opener(kind.__name__.startswith("Async")))
+
+    def _chunk_opener(self, asynchronous: bool) -> Callable[[str, dict[str, Any], int], Any]:
+        """Opens one chunk's stream of a long script (blocking or asyncio)."""
+        kind = AsyncSpeechStream if asynchronous else SpeechStream
+        return lambda text, options, frames: self._open_one(kind, text, options, frames)
+
+    # ------------------------------------------------------------------ text that arrives while speaking
+
+    def open_text_stream(self, *, chunk_seconds: float | None = None, chunk_frames: int | None = None,
+                         **options: Any):
+        """A :class:`~faster_dia.textstream.TextSpeechStream` to write text into (``append``, ``flush``,
+        ``end``, from any thread) while iterating its audio here (blocking). Options as ``generate``'s."""
+        from .textstream import TextSpeechStream
+
+        return TextSpeechStream(self, self._options(options), self._chunk_frames(chunk_seconds, chunk_frames),
+                                asynchronous=False)
+
+    def aopen_text_stream(self, *, chunk_seconds: float | None = None, chunk_frames: int | None = None,
+                          **options: Any):
+        """``open_text_stream`` whose audio is read with ``async for``."""
+        from .textstream import TextSpeechStream
+
+        return TextSpeechStream(self, self._options(options), self._chunk_frames(chunk_seconds, chunk_frames),
+                                asynchronous=True)
+
+    def stream_text(self, pieces: Any, **options: Any):
+        """Audio for text that arrives in ``pieces`` (any iterable of strings, e.g. an LLM's tokens), yielded
+        while the pieces still come: iterate the returned stream. Dia2 starts speaking after the first few
+        words; Dia-1.6B after the first complete sentence."""
+        from .textstream import feed
+
+        stream = self.open_text_stream(**options)
+        feed(stream, pieces)
+        return stream
+
+    def astream_text(self, pieces: Any, **options: Any):
+        """``stream_text`` for asyncio: ``pieces`` may be an async iterable; ``async for`` the audio."""
+        from .textstream import afeed
+
+        stream = self.aopen_text_stream(**options)
+        task = asyncio.get_running_loop().create_task(afeed(stream, pieces))
+        stream._feeder = task  # kept referenced while it runs
+        return stream
 
     # ------------------------------------------------------------------ long scripts (family hooks)
 

@@ -90,7 +90,7 @@ def test_greedy_generation_matches_with_eos_and_tail(tts, reference, batch):
         lengths.add(len(seq))
     if len(batch) > 1:
         assert len(lengths) == len(batch)  # the scripts ended at different steps
-    speeches = tts.generate(batch, temperature=0.0, max_new_tokens=400, seed=0)
+    speeches = tts.generate(batch, temperature=0.0, max_new_tokens=400, seed=0, pad_short_scripts=False)
     for speech, audio in zip(speeches, ref_audio, strict=True):
         np.testing.assert_allclose(speech.audio, np.clip(audio.numpy(), -1, 1), atol=1e-6)
 
@@ -101,7 +101,7 @@ def test_a_batch_that_hits_the_length_limit(tts, reference):
     for i, seq in enumerate(ours):
         assert len(seq) == 31  # BOS + 30 new tokens: the forced EOS at 15 made the tail fit exactly
         assert torch.equal(out[i, :31], seq)
-    speeches = tts.generate(SCRIPTS, temperature=0.0, max_new_tokens=30, seed=0)
+    speeches = tts.generate(SCRIPTS, temperature=0.0, max_new_tokens=30, seed=0, pad_short_scripts=False)
     assert [s.codes.shape[0] for s in speeches] == [30 - 16] * 3
 
 

@@ -61,6 +61,7 @@ class Generator(Protocol[R, S]):
       states that finished with it (their slots stay held until ``release``).
     - ``frames(state, start, stop)``: codec codes ``[stop - start, codebooks]`` of final frames.
     - ``release(state)``: free the slot of a finished or cancelled request.
+    - ``ready_to_step()``: whether any running request can take a step now (requests may wait for input).
     """
 
     max_batch: int
@@ -77,3 +78,5 @@ class Generator(Protocol[R, S]):
     def frames(self, state: S, start: int, stop: int) -> torch.Tensor: ...
 
     def release(self, state: S) -> None: ...
+
+    def ready_to_step(self) -> bool: ...

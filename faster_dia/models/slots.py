@@ -57,6 +57,10 @@ class SlotGenerator(Generic[S]):
     def _running_slots(self) -> np.ndarray:
         return np.flatnonzero(self._host_active)
 
+    def ready_to_step(self) -> bool:
+        """Whether a step would advance anything (a slot waiting for input is held but not stepped)."""
+        return bool(self._host_active.any())
+
     def frames(self, state: S, start: int, stop: int) -> torch.Tensor:
         raise NotImplementedError
 

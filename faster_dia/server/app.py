@@ -40,7 +40,7 @@ UPLOAD_PATHS = ("/v1/voices", "/v1/audio/voices", "/v1/audio/transcriptions", "/
 #: and encode cost little per second of audio; the same for every family.
 DEFAULT_CHUNK_SECONDS = 0.37
 
-ROUTERS = ("speech", "models", "health", "metrics", "transcriptions", "voices", "ui", "tasks", "files", "dia")
+ROUTERS = ("speech", "realtime", "models", "health", "metrics", "transcriptions", "voices", "ui", "tasks", "files", "dia")
 
 
 @dataclass
@@ -54,7 +54,20 @@ class ServerState:
     created: int = field(default_factory=lambda: int(time.time()))
     asr: LazyRecognizer = field(default_factory=LazyRecognizer)  # speech recognition, loaded on first use
     voices: VoiceLibrary | None = None
+    api_keys: tuple[str, ...] = ()  # for the routes the HTTP middleware does not see (WebSockets)
     hosted: Hosted | None = None  # the task API's job store, result files, outbound client, prices
+
+    def checked_voices(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """``voice`` / ``voices`` from a client, each a built-in name or a stored voice. A client never names a
+        file on the server: the models would take a path as a clip to clone."""
+        from ..voices import BUILTIN_VOICES
+
+        named = [fields["voice"]] if fields.get("voice") is not None else []
+        named += list((fields.get("voices") or {}).values())
+        for name in named:
+            if not (isinstance(name, str) and name.strip().lower() in BUILTIN_VOICES):
+                self.voices.get(name, param="voice" if "voice" in fields else "voices")
+        return fields
 
     async def transcriber(self) -> Any:
         """``(pcm, rate) -> Transcript`` with the server's recognizer, or None when speech recognition is not
@@ -114,6 +127,7 @@ def create_app(
     may reach non-public addresses only in the ``allow_outbound`` networks (CIDR); ``pricing`` prices its results;
     ``quota`` bounds ``/v1/dia`` requests per API key and day.
     """
+    api_keys = tuple(key for key in api_keys if key)
     if isinstance(models, ModelRegistry):
         registry = models
     else:
@@ -122,7 +136,8 @@ def create_app(
                                  idle_unload=idle_unload)
     state = ServerState(models=registry, metrics=Metrics(registry), chunk_seconds=chunk_seconds,
                         chunk_frames=chunk_frames, default_seed=default_seed, metrics_public=metrics_public,
-                        asr=asr_model if isinstance(asr_model, LazyRecognizer) else LazyRecognizer(asr_model))
+                        asr=asr_model if isinstance(asr_model, LazyRecognizer) else LazyRecognizer(asr_model),
+                        api_keys=api_keys)
 
     if not isinstance(voices, VoiceLibrary):
         voices = VoiceLibrary(voices)

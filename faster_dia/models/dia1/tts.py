@@ -68,6 +68,7 @@ class Dia1TextToSpeech(SpeechModel):
         continuity: str = DEFAULT_CONTINUITY,
         runaway_guard: bool = True,
         negative_prompt: str | None = None,
+        pad_short_scripts: bool = True,
         progress: Callable[[Progress], None] | None = None,
     ) -> Speech | list[Speech]:
         """Generate speech for one script, or for a list of scripts as one batch.
@@ -85,7 +86,9 @@ class Dia1TextToSpeech(SpeechModel):
         A script longer than about 350 bytes (or than one request holds next to the voice prompt) is spoken
         in chunks of about 200 bytes joined into one result (see faster_dia.longform); ``continuity`` is
         ``"first"`` or ``"previous"``. Without ``max_new_tokens`` the runaway guard caps a request at
-        3 s + 0.25 s per byte of its script (``runaway_guard=False``: everything that fits).
+        3 s + 0.25 s per byte of its script (``runaway_guard=False``: everything that fits). A script of one
+        or two words gets the other speaker's tag at its end, where Dia-1.6B ends a turn cleanly
+        (``pad_short_scripts=False``: spoken exactly as given).
 
         ``negative_prompt`` is a script that the unconditional branch of guidance reads instead of empty text,
         so that ``cfg_scale`` above 1 steers away from it."""
@@ -93,7 +96,8 @@ class Dia1TextToSpeech(SpeechModel):
             seed=seed, temperature=temperature, top_p=top_p, top_k=top_k, cfg_scale=cfg_scale,
             max_new_tokens=max_new_tokens, audio_prompt=audio_prompt, audio_prompt_transcript=audio_prompt_transcript,
             audio_prompt_sample_rate=audio_prompt_sample_rate, voice=voice, voices=voices, continuity=continuity,
-            runaway_guard=runaway_guard, negative_prompt=negative_prompt), progress)
+            runaway_guard=runaway_guard, negative_prompt=negative_prompt, pad_short_scripts=pad_short_scripts),
+            progress)
 
     def openai_options(self, fields: dict[str, Any]) -> dict[str, Any]:
         options = {name: fields[name] for name in ("seed", "temperature", "top_p", "cfg_scale", "max_new_tokens")
@@ -127,7 +131,7 @@ class Dia1TextToSpeech(SpeechModel):
         if max_new is not None:
             max_new = check_integer("max_new_tokens", max_new, 0, 1 << 62)  # the model's limit is checked later
         return [
-            self._request(_padded(s), seed=resolve_seed(sd), audio_prompt=p, audio_prompt_transcript=t,
+            self._request(_padded(s) if options["pad_short_scripts"] else s, seed=resolve_seed(sd), audio_prompt=p, audio_prompt_transcript=t,
                           audio_prompt_sample_rate=options["audio_prompt_sample_rate"], max_new_tokens=max_new,
                           runaway_guard=bool(options["runaway_guard"]), negative_prompt=options["negative_prompt"],
                           **sampling)

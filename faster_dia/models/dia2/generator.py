@@ -64,6 +64,8 @@ class Dia2Request(RequestBase):
     cfg_filter_k: int = 50
     initial_padding: int = 2
     include_prefix: bool = False
+    #: The script arrives while the request runs (``append_text``, then ``close_text``).
+    text_streaming: bool = False
 
 
 @dataclass(eq=False)
@@ -78,6 +80,7 @@ class Dia2SlotState(SlotStateBase):
     text: tuple[int, int] = (1, 3)  # (main, second) text tokens fed at ``position``
     last_column: int | None = None
     hit_limit: bool = False
+    waiting_for_text: bool = False  # held in its slot, not stepped, until more text (or its end) arrives
     _max_delay: int = 18
 
     @property
@@ -171,7 +174,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
 
     def validate(self, request: Dia2Request) -> None:
         c = self.config
-        if not any(e.tokens for e in request.entries):
+        if not request.text_streaming and not any(e.tokens for e in request.entries):
             raise InvalidInputError("The script has no words to speak.", param="input")
         prefix = 0 if request.prefix_codes is None else int(request.prefix_codes.shape[0])
         if prefix > self.max_prefix_frames:
@@ -225,6 +228,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         c, dev = self.config, self.device
         machine = TextStateMachine(
             list(request.entries), config=c, initial_padding=request.initial_padding,
+            streaming=request.text_streaming,
         )
         prefix = request.prefix_codes
         P = 0 if prefix is None else int(prefix.shape[0])
@@ -308,6 +312,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
 
         The host part is the text state machine of each running request (the reference's design: the next
         step's text tokens depend on this step's action through the script's words)."""
+        self._hold_requests_short_of_text()
         running = self._running_slots()
         if running.size == 0:
             return []
@@ -338,6 +343,44 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
                 self.active[slot] = False
                 finished.append(s)
         return finished
+
+    # ------------------------------------------------------------------ text that arrives while speaking
+
+    def append_text(self, request: Dia2Request, state: Dia2SlotState | None, entries: list[Entry]) -> None:
+        """More of a streamed script (engine thread only): queued for the running request, or added to the
+        request's entries if it has not been admitted yet."""
+        if state is None:
+            request.entries.extend(entries)
+            return
+        if state.finished or state.machine.closed:
+            return
+        state.machine.append(entries)
+        self._resume_if_ready(state)
+
+    def close_text(self, request: Dia2Request, state: Dia2SlotState | None) -> None:
+        """The streamed script is complete: the request may run out of words and end."""
+        if state is None:
+            request.text_streaming = False
+            return
+        if not state.finished:
+            state.machine.close()
+            self._resume_if_ready(state)
+
+    def _hold_requests_short_of_text(self) -> None:
+        """A streamed request whose text ran dry waits in its slot, not stepped, until more arrives: no end of
+        speech and no filler while the writer is still writing."""
+        for slot in self._running_slots().tolist():
+            state = self._states[slot]
+            if state.request.text_streaming and not state.forcing_prefix and not state.machine.ready():
+                state.waiting_for_text = True
+                self._host_active[slot] = False
+                self.active[slot] = False
+
+    def _resume_if_ready(self, state: Dia2SlotState) -> None:
+        if state.waiting_for_text and state.machine.ready() and self._states.get(state.slot) is state:
+            state.waiting_for_text = False
+            self._host_active[state.slot] = True
+            self.active[state.slot] = True
 
     def _shape(self, running: np.ndarray) -> Dia2StepShape:
         """The step shape for the running slots: exact, or rounded up to buckets when steps are replayed."""

@@ -180,7 +180,8 @@ class Dia2TextToSpeech(SpeechModel):
         sampling["cfg_filter_k"] = check_integer("cfg_filter_k", options["cfg_filter_k"], *TOP_K_RANGE)
         return sampling
 
-    def _requests(self, scripts: list[str], options: dict[str, Any]) -> list[Dia2Request]:
+    def _requests(self, scripts: list[str], options: dict[str, Any], *, text_streaming: bool = False
+                  ) -> list[Dia2Request]:
         speakers, voice_seed = self._voice_choice(options["voice"], options["voices"])
         if speakers:
             if options["prefix_speaker_1"] is not None or options["prefix_speaker_2"] is not None:
@@ -207,7 +208,8 @@ class Dia2TextToSpeech(SpeechModel):
         guard = bool(options["runaway_guard"]) and max_new is None
         return [
             Dia2Request(
-                entries=head + self._entries(script), seed=resolve_seed(seed), prefix_codes=prefix_codes,
+                entries=head + ([] if text_streaming else self._entries(script)), seed=resolve_seed(seed),
+                prefix_codes=prefix_codes, text_streaming=text_streaming,
                 prefix_new_word_steps=tuple(steps), prefix_mode=prefix_mode,
                 max_new_frames=min(runaway_cap(len(script)), self.config.max_context_steps) if guard else max_new,
                 include_prefix=bool(options["include_prefix"]), **sampling,
@@ -256,15 +258,17 @@ class Dia2TextToSpeech(SpeechModel):
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text)
 
-    def _entries(self, script: str, param: str = "input"):
+    def _entries(self, script: str, param: str = "input", *, continuation: bool = False):
+        """The state machine's entries for a script (``continuation``: a later piece of a streamed one)."""
         from .text import parse_script, speaker_token_ids
 
         if not isinstance(script, str):
             raise InvalidInputError(f"A script must be a string, got {type(script).__name__}.", param=param)
-        if not script.strip():
+        if not script.strip() and not continuation:
             raise InvalidInputError("The script is empty.", param=param)
         ids = speaker_token_ids(self._encode, self.config.text_new_word_token_id)
-        return parse_script(script, self._encode, speaker_ids=ids, new_word_token_id=self.config.text_new_word_token_id)
+        return parse_script(script, self._encode, speaker_ids=ids, new_word_token_id=self.config.text_new_word_token_id,
+                            continuation=continuation)
 
     def _prefixes(self, options: dict[str, Any]):
         """Entries, aligned codes and forced new-word steps of the voice prefixes (both speakers joined)."""

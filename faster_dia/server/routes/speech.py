@@ -107,7 +107,7 @@ class SpeechRun:
             if "seed" not in fields and state.default_seed is not None:
                 fields["seed"] = state.default_seed
             # A family that takes no voices ignores them, as it ignores other fields that do not apply to it.
-            voices = {k: v for k, v in body.voice_fields().items() if k in tts.option_defaults()}
+            voices = {k: v for k, v in state.checked_voices(body.voice_fields()).items() if k in tts.option_defaults()}
             options = {**tts.openai_options(fields), **voices}
             hosted.active += 1
             try:
