@@ -784,3 +784,113 @@ def finish(generator, state):
 def delayed_tokens(generator, state):
     """A Dia-1.6B request's delayed token sequence so far, positions 0 … current (prompt included)."""
     return generator.tokens[state.slot, : state.position + 1].clone()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Voxtral
+# --------------------------------------------------------------------------------------------------------
+
+VOXTRAL_LAYOUTS = ("transformers", "mistral")
+
+#: A tiny Voxtral: one audio chunk is 1 s at 16 kHz = 64 mel frames (hop 250) = 32 encoder positions = 8 tokens.
+TINY_VOXTRAL_SIZES: dict[str, Any] = dict(
+    audio_hidden_size=16, audio_intermediate_size=64, audio_layers=2, audio_heads=2, num_mel_bins=8,
+    max_source_positions=32, downsample_factor=4, vocab_size=160, hidden_size=32, intermediate_size=48, layers=2,
+    heads=4, kv_heads=2, head_dim=8, rope_theta=10000.0, max_position_embeddings=512, audio_token_id=24,
+)
+TINY_VOXTRAL_FEATURES: dict[str, Any] = dict(sampling_rate=16000, hop_length=250, n_fft=400, chunk_length=1)
+
+
+def tiny_voxtral_config(config_overrides: dict[str, Any] | None = None):
+    from faster_dia.models.voxtral.config import VoxtralConfig
+
+    sizes = {**TINY_VOXTRAL_SIZES, **(config_overrides or {})}
+    sizes["audio_intermediate_size"] = sizes["downsample_factor"] * sizes["audio_hidden_size"]
+    return VoxtralConfig(**sizes)
+
+
+def tiny_voxtral_state_dict(config, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random float32 weights in transformers' names for every tensor ``config`` implies."""
+    from faster_dia.models.voxtral.checkpoint import expected_shapes
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in expected_shapes(config).items():
+        if name.endswith("norm.weight") or "layer_norm.weight" in name or "layernorm.weight" in name:
+            tensors[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+        elif name.endswith("embed_tokens.weight") or name.endswith("embed_positions.weight"):
+            tensors[name] = torch.randn(shape, generator=gen)
+        else:
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            tensors[name] = torch.randn(shape, generator=gen) * (1.5 / math.sqrt(fan_in))
+    return tensors
+
+
+def voxtral_config_json(config) -> dict[str, Any]:
+    """The transformers ``VoxtralConfig`` config.json of ``config``."""
+    c = config
+    return {
+        "architectures": ["VoxtralForConditionalGeneration"],
+        "model_type": "voxtral",
+        "audio_token_id": c.audio_token_id,
+        "hidden_size": c.hidden_size,
+        "projector_hidden_act": c.projector_act,
+        "audio_config": {
+            "model_type": "voxtral_encoder", "hidden_size": c.audio_hidden_size,
+            "intermediate_size": c.audio_intermediate_size, "num_hidden_layers": c.audio_layers,
+            "num_attention_heads": c.audio_heads, "num_mel_bins": c.num_mel_bins,
+            "max_source_positions": c.max_source_positions, "activation_function": "gelu",
+            "scale_embedding": False, "vocab_size": 51866,
+        },
+        "text_config": {
+            "model_type": "llama", "vocab_size": c.vocab_size, "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size, "num_hidden_layers": c.layers,
+            "num_attention_heads": c.heads, "num_key_value_heads": c.kv_heads, "head_dim": c.head_dim,
+            "max_position_embeddings": c.max_position_embeddings, "rms_norm_eps": c.rms_norm_eps,
+            "rope_parameters": {"rope_theta": _plain_number(c.rope_theta), "rope_type": "default"},
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "tie_word_embeddings": c.tie_word_embeddings,
+            "bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id,
+        },
+        "dtype": "float32",
+        "transformers_version": "5.24.0",
+    }
+
+
+def voxtral_preprocessor_json(config) -> dict[str, Any]:
+    """preprocessor_config.json: transformers' WhisperFeatureExtractor sized so one chunk is ``mel_frames``."""
+    f = TINY_VOXTRAL_FEATURES
+    return {
+        "feature_extractor_type": "WhisperFeatureExtractor", "feature_size": config.num_mel_bins,
+        "sampling_rate": f["sampling_rate"], "hop_length": f["hop_length"], "n_fft": f["n_fft"],
+        "chunk_length": f["chunk_length"], "n_samples": f["chunk_length"] * f["sampling_rate"],
+        "nb_max_frames": config.mel_frames, "padding_side": "right", "padding_value": 0.0,
+        "return_attention_mask": False, "dither": 0.0,
+    }
+
+
+def write_tiny_voxtral(directory: str | os.PathLike, *, layout: str = "transformers", seed: int = 0,
+                       config_overrides: dict[str, Any] | None = None) -> Path:
+    """Write a tiny random Voxtral checkpoint in one of :data:`VOXTRAL_LAYOUTS` into ``directory``; return it.
+
+    * ``transformers``: config.json of ``VoxtralForConditionalGeneration``, two safetensors shards and their
+      index, preprocessor_config.json (like ``mistralai/Voxtral-Mini-3B-2507``'s transformers files);
+    * ``mistral``: params.json + consolidated.safetensors in Mistral's native names.
+
+    For one ``seed`` both layouts hold the same weights."""
+    if layout not in VOXTRAL_LAYOUTS:
+        raise InvalidInputError(f"Unknown Voxtral layout {layout!r}; choose one of {', '.join(VOXTRAL_LAYOUTS)}.")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = tiny_voxtral_config(config_overrides)
+    tensors = tiny_voxtral_state_dict(config, seed=seed)
+    if layout == "transformers":
+        _write_json(directory / "config.json", voxtral_config_json(config))
+        _write_json(directory / "preprocessor_config.json", voxtral_preprocessor_json(config))
+        _write_hf_shards(tensors, directory)
+    else:
+        from faster_dia.models.voxtral.mistral_format import mistral_params_json, to_mistral_names
+
+        _write_json(directory / "params.json", mistral_params_json(config))
+        _save_safetensors(to_mistral_names(tensors, config), directory / "consolidated.safetensors")
+    return directory
