@@ -810,15 +810,19 @@ def tiny_voxtral_config(config_overrides: dict[str, Any] | None = None):
 
 
 def tiny_voxtral_state_dict(config, *, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random float32 weights in transformers' names for every tensor ``config`` implies."""
+    """Random float32 weights in transformers' names for every tensor ``config`` implies; the encoder positions
+    are Whisper's sinusoids, as in the published checkpoints (Mistral's native file does not store them)."""
     from faster_dia.models.voxtral.checkpoint import expected_shapes
+    from faster_dia.models.voxtral.mistral_format import whisper_sinusoids
 
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, shape in expected_shapes(config).items():
         if name.endswith("norm.weight") or "layer_norm.weight" in name or "layernorm.weight" in name:
             tensors[name] = 1.0 + 0.1 * torch.randn(shape, generator=gen)
-        elif name.endswith("embed_tokens.weight") or name.endswith("embed_positions.weight"):
+        elif name.endswith("embed_positions.weight"):
+            tensors[name] = whisper_sinusoids(*shape)
+        elif name.endswith("embed_tokens.weight"):
             tensors[name] = torch.randn(shape, generator=gen)
         else:
             fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
@@ -891,6 +895,8 @@ def write_tiny_voxtral(directory: str | os.PathLike, *, layout: str = "transform
     else:
         from faster_dia.models.voxtral.mistral_format import mistral_params_json, to_mistral_names
 
-        _write_json(directory / "params.json", mistral_params_json(config))
+        f = TINY_VOXTRAL_FEATURES
+        _write_json(directory / "params.json", mistral_params_json(
+            config, sampling_rate=f["sampling_rate"], hop_length=f["hop_length"], window_size=f["n_fft"]))
         _save_safetensors(to_mistral_names(tensors, config), directory / "consolidated.safetensors")
     return directory

@@ -158,3 +158,34 @@ def test_strict_loading_names_the_problem(tmp_path, voxtral_dir):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="audio_token_id"):
         load_checkpoint(broken)
+
+
+def test_native_layout_holds_the_same_network(tmp_path, voxtral_dir, model):
+    """Mistral's params.json + consolidated.safetensors load to the same weights as the transformers files."""
+    native_dir = write_tiny_voxtral(tmp_path / "native", layout="mistral")
+    native = load_checkpoint(native_dir)
+    assert native.layout == "mistral"
+    assert native.config == model.config
+    hf = load_checkpoint(voxtral_dir)
+    assert native.state_dict.keys() == hf.state_dict.keys()
+    for name, tensor in hf.state_dict.items():
+        torch.testing.assert_close(native.state_dict[name], tensor, rtol=0, atol=1e-6, msg=name)
+    ids, features = conversation(4, 6, [1])
+    native_model = VoxtralModel(native.config, native.state_dict)
+    request = VoxtralRequest(ids, features=features, max_new_tokens=12)
+    assert run_alone(native_model, request) == run_alone(model, request)
+
+
+def test_native_layout_is_strict(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    native_dir = write_tiny_voxtral(tmp_path / "native", layout="mistral")
+    weights = load_file(native_dir / "consolidated.safetensors")
+    weights["layers.0.attention.wz.weight"] = torch.zeros(2)
+    save_file(weights, native_dir / "consolidated.safetensors")
+    with pytest.raises(CheckpointError, match="layers.0.attention.wz.weight"):
+        load_checkpoint(native_dir)
+    del weights["layers.0.attention.wz.weight"], weights["output.weight"]
+    save_file(weights, native_dir / "consolidated.safetensors")
+    with pytest.raises(CheckpointError, match="missing language_model.lm_head.weight"):
+        load_checkpoint(native_dir)
