@@ -29,6 +29,7 @@ DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
 
 #: The model families, in the order their ``recognizes`` is asked. A new family is one package and one line.
 FAMILIES = (
+    "faster_dia.models.voxtral",
     "faster_dia.models.dia2",
     "faster_dia.models.dia1",
 )
