@@ -795,7 +795,7 @@ VOXTRAL_LAYOUTS = ("transformers", "mistral")
 #: A tiny Voxtral: one audio chunk is 1 s at 16 kHz = 64 mel frames (hop 250) = 32 encoder positions = 8 tokens.
 TINY_VOXTRAL_SIZES: dict[str, Any] = dict(
     audio_hidden_size=16, audio_intermediate_size=64, audio_layers=2, audio_heads=2, num_mel_bins=8,
-    max_source_positions=32, downsample_factor=4, vocab_size=160, hidden_size=32, intermediate_size=48, layers=2,
+    max_source_positions=32, downsample_factor=4, vocab_size=288, hidden_size=32, intermediate_size=48, layers=2,
     heads=4, kv_heads=2, head_dim=8, rope_theta=10000.0, max_position_embeddings=512, audio_token_id=24,
 )
 TINY_VOXTRAL_FEATURES: dict[str, Any] = dict(sampling_rate=16000, hop_length=250, n_fft=400, chunk_length=1)
@@ -881,6 +881,8 @@ def write_tiny_voxtral(directory: str | os.PathLike, *, layout: str = "transform
       index, preprocessor_config.json (like ``mistralai/Voxtral-Mini-3B-2507``'s transformers files);
     * ``mistral``: params.json + consolidated.safetensors in Mistral's native names.
 
+    Both get a tiny tekken.json (:func:`write_tiny_tekken`) that fits the tiny model's 288-token vocabulary.
+
     For one ``seed`` both layouts hold the same weights."""
     if layout not in VOXTRAL_LAYOUTS:
         raise InvalidInputError(f"Unknown Voxtral layout {layout!r}; choose one of {', '.join(VOXTRAL_LAYOUTS)}.")
@@ -892,6 +894,7 @@ def write_tiny_voxtral(directory: str | os.PathLike, *, layout: str = "transform
         _write_json(directory / "config.json", voxtral_config_json(config))
         _write_json(directory / "preprocessor_config.json", voxtral_preprocessor_json(config))
         _write_hf_shards(tensors, directory)
+        write_tiny_tekken(directory)
     else:
         from faster_dia.models.voxtral.mistral_format import mistral_params_json, to_mistral_names
 
@@ -899,4 +902,41 @@ def write_tiny_voxtral(directory: str | os.PathLike, *, layout: str = "transform
         _write_json(directory / "params.json", mistral_params_json(
             config, sampling_rate=f["sampling_rate"], hop_length=f["hop_length"], window_size=f["n_fft"]))
         _save_safetensors(to_mistral_names(tensors, config), directory / "consolidated.safetensors")
+        write_tiny_tekken(directory)
     return directory
+
+
+#: The tiny tekken vocabulary: 32 special tokens (ids as in Voxtral's where the code relies on them: <s> 1,
+#: </s> 2, [INST] 3, [/INST] 4, [AUDIO] 24, [BEGIN_AUDIO] 25, [TRANSCRIBE] 34), then the 256 bytes, no merges.
+TINY_TEKKEN_SPECIALS = {0: "<unk>", 1: "<s>", 2: "</s>", 3: "[INST]", 4: "[/INST]", 5: "[AVAILABLE_TOOLS]",
+                        6: "[/AVAILABLE_TOOLS]", 7: "[TOOL_RESULTS]", 8: "[/TOOL_RESULTS]", 9: "[TOOL_CALLS]",
+                        10: "[IMG]", 11: "<pad>", 12: "[IMG_BREAK]", 13: "[IMG_END]", 14: "[PREFIX]",
+                        15: "[MIDDLE]", 16: "[SUFFIX]", 17: "[SYSTEM_PROMPT]", 18: "[/SYSTEM_PROMPT]",
+                        19: "[TOOL_CONTENT]", 20: "[ARGS]", 21: "[CALL_ID]", 24: "[AUDIO]", 25: "[BEGIN_AUDIO]",
+                        34: "[TRANSCRIBE]"}
+TINY_TEKKEN_SPECIAL_COUNT = 36
+
+
+def write_tiny_tekken(directory: str | os.PathLike) -> Path:
+    """A tekken.json in Mistral's schema (version v11, an audio section sized like the tiny Voxtral's: 8 tokens
+    per second of 16 kHz audio, padded to 1 s chunks) that mistral-common loads."""
+    import base64
+
+    f = TINY_VOXTRAL_FEATURES
+    specials = [{"rank": i, "token_str": TINY_TEKKEN_SPECIALS.get(i, f"<SPECIAL_{i}>"), "is_control": True}
+                for i in range(TINY_TEKKEN_SPECIAL_COUNT)]
+    vocab = [{"rank": b, "token_bytes": base64.b64encode(bytes([b])).decode(), "token_str": None}
+             for b in range(256)]
+    content = {
+        "config": {"pattern": r"\s?\S+|\s+", "num_vocab_tokens": 256, "default_vocab_size": 256 + len(specials),
+                   "default_num_special_tokens": len(specials), "version": "v11"},
+        "vocab": vocab,
+        "special_tokens": specials,
+        "audio": {"sampling_rate": f["sampling_rate"], "frame_rate": f["sampling_rate"] / (f["hop_length"] * 8),
+                  "audio_encoding_config": {"num_mel_bins": TINY_VOXTRAL_SIZES["num_mel_bins"],
+                                            "hop_length": f["hop_length"], "window_size": f["n_fft"]},
+                  "chunk_length_s": float(f["chunk_length"])},
+    }
+    path = Path(directory) / "tekken.json"
+    _write_json(path, content)
+    return path
