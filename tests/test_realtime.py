@@ -5,6 +5,7 @@ Orderings are checked by message order (audio received before the rest of the te
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -79,10 +80,11 @@ def server(tts, tts2):
         yield url.replace("http://", "ws://")
 
 
+@contextlib.contextmanager
 def session(url: str, **start):
-    socket = connect(f"{url}/v1/audio/speech/stream?token=key", open_timeout=WAIT, max_size=None)
-    socket.send(json.dumps({"type": "session.start", "seed": 4, **start}))
-    return socket
+    with connect(f"{url}/v1/audio/speech/stream?token=key", open_timeout=WAIT, max_size=None) as socket:
+        socket.send(json.dumps({"type": "session.start", "seed": 4, **start}))
+        yield socket
 
 
 def receive_all(socket) -> tuple[bytes, list[dict]]:
