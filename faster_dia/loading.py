@@ -148,6 +148,8 @@ def load(
     max_batch: int | None = None,
     max_queue: int | None = None,
     cuda_graphs: bool | None = None,
+    voices: Any = None,
+    asr: Any = None,
 ) -> SpeechModel:
     """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate. The family is read
     from config.json: Dia-1.6B checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2
@@ -156,7 +158,10 @@ def load(
     ``max_batch`` is how many requests are decoded together (caches for that many are allocated once;
     default: on CUDA as many as half the free GPU memory holds after loading, up to 64; 4 elsewhere);
     ``max_queue`` bounds the requests waiting for a slot (default 16 per slot, at least 64). ``cuda_graphs``
-    replays each decode step shape as a CUDA graph (default: on for CUDA devices; CUDA only)."""
+    replays each decode step shape as a CUDA graph (default: on for CUDA devices; CUDA only). ``voices`` is
+    the voice library ``voice=`` names are looked up in (a directory or a ``faster_dia.VoiceLibrary``);
+    ``asr`` the speech recognizer for voice prompts without a transcript (a loaded one, a Whisper size or a
+    CTranslate2 directory; default: ``faster_dia.asr``'s default, loaded on first need)."""
     check_load_options(dtype=dtype, max_batch=max_batch, max_queue=max_queue, cuda_graphs=cuda_graphs)
     config, source = read_config(model, revision)
     family = family_of(config, source)
@@ -171,4 +176,10 @@ def load(
                       codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
                       step_mode=resolve_mode(dev, cuda_graphs))
     tts.model_id = public_id(model)
+    if voices is not None:
+        from .voices import VoiceLibrary
+
+        tts.voices = voices if isinstance(voices, VoiceLibrary) else VoiceLibrary(voices)
+    if asr is not None:
+        tts.asr = asr
     return tts

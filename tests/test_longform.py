@@ -166,3 +166,19 @@ def test_joins_cut_long_silences_and_fade():
     stitcher.start_chunk()
     ending = [stitcher.push(loud), stitcher.end_chunk()]
     assert ending[1].size and abs(ending[1][-1]) < 0.05 and np.concatenate(ending).size == 200
+
+
+def test_the_users_voice_prompt_is_every_chunks_reference(tts, monkeypatch):
+    requests = []
+    build = tts._requests
+
+    def recorded(scripts, options):
+        made = build(scripts, options)
+        requests.extend(made)
+        return made
+
+    monkeypatch.setattr(tts, "_requests", recorded)
+    prompt = np.random.default_rng(0).integers(0, 1024, (20, 9))
+    tts.generate(long_script(6), seed=2, audio_prompt=prompt, audio_prompt_transcript="[S1] A prompt.",
+                 max_new_tokens=30)
+    assert len(requests) > 1 and all(np.array_equal(r.prompt.numpy(), prompt) for r in requests)

@@ -15,6 +15,7 @@ import pytest
 from servers import WAIT, running
 from speech_clips import speak, whisper_tiny_en
 
+import faster_dia
 from faster_dia.errors import ConflictError, InvalidInputError, NotFoundError
 from faster_dia.server import create_app
 from faster_dia.voices import BUILTIN_VOICES, MAX_SECONDS, VoiceLibrary, builtin_seed
@@ -309,3 +310,8 @@ def test_cli_voices_and_speak_with_a_voice(tiny_dirs, alice_wav, tmp_path):
     assert run_cli("voices", "--voices-dir", root, "rm", "alice").returncode == 0
     missing = run_cli("voices", "--voices-dir", root, "rm", "alice")
     assert missing.returncode != 0 and "no voice" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_load_takes_a_voice_library(tiny_dirs, tmp_path):
+    tts = faster_dia.load(tiny_dirs["dia-1.6b-0626"], codec=tiny_dirs["dac"], device="cpu", voices=tmp_path / "lib")
+    assert isinstance(tts.voices, VoiceLibrary) and tts.voices.path == tmp_path / "lib"

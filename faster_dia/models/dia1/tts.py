@@ -242,6 +242,9 @@ class Dia1TextToSpeech(SpeechModel):
         room = self.config.text_length - max(self._prompt_transcript_bytes(options), LONG_FORM_CHUNK_BYTES + 1)
         return size <= min(LONG_FORM_CHUNK_BYTES, room)
 
+    def _has_voice(self, options: dict[str, Any]) -> bool:
+        return super()._has_voice(options) or options.get("audio_prompt") is not None
+
     def _reference_chunk(self, result: Any) -> Any:
         if result.seconds > MAX_REFERENCE_SECONDS or not result.codes.shape[0]:
             return None  # too long to prompt with and still leave room to speak: no reference
