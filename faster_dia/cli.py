@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--asr-model", default=None,
                        help="speech recognition model: a Whisper size or a CTranslate2 directory (default "
                             "$FASTER_DIA_ASR_MODEL or base.en), loaded on first use")
+    serve.add_argument("--allow-file-dir", type=Path, default=None, metavar="DIR",
+                       help="let chat completions read file:// audio URLs under DIR (default: refuse them)")
     hosted = serve.add_argument_group("task API (/v1/tasks) and /v1/dia")
     hosted.add_argument("--data-dir", type=Path, default=None,
                         help="job store and result files (default $FASTER_DIA_DATA_DIR or "
@@ -288,6 +290,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.idle_unload is not None and not args.idle_unload > 0:
         raise FasterDiaError("--idle-unload must be a positive number of seconds.")
     hosted = _hosted_options(args)
+    if args.allow_file_dir is not None and not args.allow_file_dir.is_dir():
+        raise FasterDiaError(f"--allow-file-dir {args.allow_file_dir} is not a directory.")
     options = {**_load_options(args), "max_queue": args.max_queue}
     check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "max_queue", "cuda_graphs")})
     keys = [k for k in args.api_key if k.strip()]
@@ -313,6 +317,7 @@ def _serve(args: argparse.Namespace) -> int:
         serve(specs, sock=sock, api_keys=keys, default_model=args.default_model, lazy=args.lazy,
               idle_unload=args.idle_unload, chunk_seconds=args.chunk_seconds, default_seed=args.seed,
               metrics_public=args.metrics_public, voices=args.voices_dir, asr_model=args.asr_model, **hosted,
+              allow_file_dir=args.allow_file_dir,
               log_level="debug" if args.verbose else "info")
     return 0
 

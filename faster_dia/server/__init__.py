@@ -37,6 +37,7 @@ def serve(
     allow_outbound: Iterable[str] = (),
     pricing: Pricing | None = None,
     quota: int | None = None,
+    allow_file_dir: str | os.PathLike | None = None,
     log_level: str = "info",
 ) -> None:
     """Serve ``specs`` on the already bound ``sock`` until interrupted. Without ``lazy`` every model is loaded
@@ -50,7 +51,8 @@ def serve(
         registry.load_all()
     app = create_app(registry, api_keys=api_keys, chunk_seconds=chunk_seconds, default_seed=default_seed,
                      metrics_public=metrics_public, voices=voices, asr_model=asr_model, data_dir=data_dir,
-                     allow_outbound=allow_outbound, pricing=pricing, quota=quota)
+                     allow_outbound=allow_outbound, pricing=pricing, quota=quota,
+                     allow_file_dir=allow_file_dir)
     host, port = sock.getsockname()[:2]
     log.info("serving %s on http://%s:%d", ", ".join(m.id for m in registry.models), host, port)
     # One process: several uvicorn workers would each load their own copy of every model.

@@ -35,12 +35,12 @@ log = logging.getLogger("faster_dia.server")
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 #: Routes that take audio uploads: they get a body limit of the largest audio file plus the form around it.
 UPLOAD_PATHS = ("/v1/voices", "/v1/audio/voices", "/v1/audio/transcriptions", "/v1/audio/translations",
-                "/v1/tasks", "/v1/dia")
+                "/v1/tasks", "/v1/dia", "/v1/chat/completions")
 #: Audio per streamed chunk. Small enough for a quick first byte, large enough that a chunk's codec decode
 #: and encode cost little per second of audio; the same for every family.
 DEFAULT_CHUNK_SECONDS = 0.37
 
-ROUTERS = ("speech", "realtime", "models", "health", "metrics", "transcriptions", "voices", "ui", "tasks", "files", "dia")
+ROUTERS = ("speech", "realtime", "models", "health", "metrics", "transcriptions", "voices", "ui", "tasks", "files", "dia", "chat")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class ServerState:
     voices: VoiceLibrary | None = None
     api_keys: tuple[str, ...] = ()  # for the routes the HTTP middleware does not see (WebSockets)
     hosted: Hosted | None = None  # the task API's job store, result files, outbound client, prices
+    allow_file_dir: str | os.PathLike | None = None  # file:// audio URLs of chat completions are read only here
 
     def checked_voices(self, fields: dict[str, Any]) -> dict[str, Any]:
         """``voice`` / ``voices`` from a client, each a built-in name or a stored voice. A client never names a
@@ -110,6 +111,7 @@ def create_app(
     allow_outbound: Iterable[str] = (),
     pricing: Pricing | None = None,
     quota: int | None = None,
+    allow_file_dir: str | os.PathLike | None = None,
 ) -> FastAPI:
     """An OpenAI-compatible speech server around one or more models.
 
@@ -125,7 +127,8 @@ def create_app(
     shared by every hosted model. The task API (``/v1/tasks``) keeps its job store and result files in
     ``data_dir`` (default :func:`~faster_dia.server.hosted.default_data_dir`); its webhooks, uploads and audio URLs
     may reach non-public addresses only in the ``allow_outbound`` networks (CIDR); ``pricing`` prices its results;
-    ``quota`` bounds ``/v1/dia`` requests per API key and day.
+    ``quota`` bounds ``/v1/dia`` requests per API key and day. Chat completions read ``file://`` audio URLs only
+    under ``allow_file_dir`` (None: never).
     """
     api_keys = tuple(key for key in api_keys if key)
     if isinstance(models, ModelRegistry):
@@ -137,7 +140,7 @@ def create_app(
     state = ServerState(models=registry, metrics=Metrics(registry), chunk_seconds=chunk_seconds,
                         chunk_frames=chunk_frames, default_seed=default_seed, metrics_public=metrics_public,
                         asr=asr_model if isinstance(asr_model, LazyRecognizer) else LazyRecognizer(asr_model),
-                        api_keys=api_keys)
+                        api_keys=api_keys, allow_file_dir=allow_file_dir)
 
     if not isinstance(voices, VoiceLibrary):
         voices = VoiceLibrary(voices)

@@ -52,6 +52,7 @@ class ChatResult:
 class _Prepared:
     request: VoxtralRequest
     stop: list[str]
+    audio_seconds: float = 0.0
 
 
 class VoxtralChat:
@@ -216,6 +217,7 @@ class VoxtralChat:
             raise InvalidInputError(f"The audio cannot be prepared for transcription: {exc}", param="file") from exc
         prepared = self._request(tokenized, max_tokens=max_tokens, temperature=temperature, top_p=None, seed=seed,
                                  stop=None)
+        prepared.audio_seconds = len(samples) / self.audio_rate
         self.generator.validate(prepared.request)
         return prepared
 

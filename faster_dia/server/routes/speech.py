@@ -22,7 +22,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ...audio import CONTENT_TYPES, PCM_SAMPLE_RATE, check_speed, normalize_format
 from ...audio.output import AudioOutput
-from ...errors import FasterDiaError
+from ...errors import FasterDiaError, InvalidInputError
 from ...speech import in_output_pool
 from ..app import ServerState, state_of
 from ..errors import error_body, request_id_of
@@ -100,6 +100,9 @@ class SpeechRun:
         started = time.perf_counter()
         try:
             hosted = state.models.resolve(body.model)
+            if hosted.family == "voxtral":  # audio in, text out: the chat and transcription routes serve it
+                raise InvalidInputError(f"The model {hosted.id!r} understands speech and makes no audio; use "
+                                        "/v1/chat/completions or /v1/audio/transcriptions.", param="model")
             fmt = normalize_format(body.response_format)
             speed = check_speed(body.speed_value())
             tts = await hosted.get()

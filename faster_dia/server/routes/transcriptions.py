@@ -135,6 +135,11 @@ async def _run(request: Request, task: str, *, file: UploadFile | None, model: s
     started = time.perf_counter()
     request_id = request_id_of(request)
     lazy: LazyRecognizer = state_of(request).asr
+    if task == "transcribe" and model not in (OPENAI_MODEL, lazy.model_id):
+        hosted = _hosted_voxtral(request, model)
+        if hosted is not None:
+            return await _run_voxtral(request, hosted, file=file, language=language, response_format=response_format,
+                                      temperature=temperature, stream=stream, started=started)
     _check_model(model, lazy)
     fmt = _check_format(response_format, stream)
     if not 0.0 <= temperature <= 1.0:  # also false for NaN
@@ -330,3 +335,78 @@ async def _sse_body(segments: Iterator[Segment], lazy: LazyRecognizer, request_i
             if close is not None:
                 await anyio.to_thread.run_sync(close)
         _log_line(request_id, "transcribe", model_id, end, started, status)
+
+
+# ---------------------------------------------------------------------- Voxtral's transcription mode
+
+
+def _hosted_voxtral(request: Request, model: str) -> Any:
+    """The hosted Voxtral model a transcription request names, or None (then the Whisper path answers)."""
+    try:
+        hosted = state_of(request).models.resolve(model)
+    except ModelNotFoundError:
+        return None
+    return hosted if hosted.family == "voxtral" else None
+
+
+async def _run_voxtral(request: Request, hosted: Any, *, file: UploadFile | None, language: str | None,
+                       response_format: str, temperature: float, stream: bool, started: float) -> Response:
+    """A Voxtral model id: its transcription mode (``[TRANSCRIBE]`` prompt, language optional), answered in the
+    same formats as Whisper's; the whole audio is one segment (Voxtral gives no timestamps)."""
+    request_id = request_id_of(request)
+    fmt = _check_format(response_format, stream)
+    if not 0.0 <= temperature <= 1.0:
+        raise InvalidInputError(f"temperature must be from 0 to 1, got {temperature}.", param="temperature")
+    data = await _read_upload(file)
+    model = await hosted.get()
+    prepared = await anyio.to_thread.run_sync(functools.partial(
+        model.prepare_transcription, data, language=language or None, temperature=temperature))
+    duration = prepared.audio_seconds
+    hosted.active += 1
+    hosted.last_used = time.monotonic()
+    if stream:
+        return StreamingResponse(_voxtral_sse(model.astream_prepared(prepared), hosted, request_id, duration, started),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        result = None
+        async for item in model.astream_prepared(prepared):
+            result = item
+    finally:
+        hosted.active -= 1
+        hosted.last_used = time.monotonic()
+    text = result.text.strip()
+    _log_line(request_id, "transcribe", hosted.id, duration, started)
+    segment = Segment(id=0, start=0.0, end=round(duration, 3), text=" " + text, words=[], avg_logprob=0.0,
+                      no_speech_prob=0.0, temperature=temperature)
+    transcript = Transcript(text=text, language=language or "", duration=duration, segments=[segment], words=[])
+    return _response(transcript, fmt, "transcribe", ["segment"])
+
+
+async def _voxtral_sse(items: AsyncIterator[Any], hosted: Any, request_id: str, duration: float,
+                       started: float) -> AsyncIterator[bytes]:
+    def event(payload: dict[str, Any]) -> bytes:
+        return f"data: {json.dumps(payload)}\n\n".encode()
+
+    status = "cancelled"
+    sent = ""
+    try:
+        async for item in items:
+            if isinstance(item, str):
+                text = (sent + item).lstrip()
+                if len(text) > len(sent):
+                    yield event({"type": "transcript.text.delta", "delta": text[len(sent):]})
+                    sent = text
+                continue
+            yield event({"type": "transcript.text.done", "text": item.text.strip()})
+        status = "ok"
+    except Exception as exc:
+        status = "error 500"
+        log.error("request %s failed while streaming a transcript", request_id, exc_info=exc)
+        yield event({"type": "transcript.text.error",
+                     **error_body(f"Transcription failed (request id {request_id}).", "server_error")})
+    finally:
+        hosted.active -= 1
+        hosted.last_used = time.monotonic()
+        await items.aclose()
+        _log_line(request_id, "transcribe", hosted.id, duration, started, status)
