@@ -270,6 +270,18 @@ class _LongStreamBase:
         self._words_before = len(self.words)
         return self._current
 
+    def _joined(self, stream: Any, audio: np.ndarray) -> np.ndarray:
+        """A piece of the current chunk's audio, as it goes into the joined stream."""
+        self._live_words(stream)
+        return self._stitcher.push(audio)
+
+    def _chunk_end(self, index: int, stream: Any) -> np.ndarray:
+        """The current chunk is done: the rest of its audio, and the chunk kept for later references."""
+        self._live_words(stream)
+        tail = self._stitcher.end_chunk()
+        self._chunk_done(index, stream)
+        return tail
+
     def _cancel_all(self) -> None:
         self._closed = True
         for stream in self._streams.values():
@@ -293,13 +305,10 @@ class LongSpeechStream(_LongStreamBase):
                 return
             stream = self._begin(index)
             for audio in stream:
-                self._live_words(stream)
-                out = self._stitcher.push(audio)
+                out = self._joined(stream, audio)
                 if out.size:
                     yield out
-            self._live_words(stream)
-            tail = self._stitcher.end_chunk()
-            self._chunk_done(index, stream)
+            tail = self._chunk_end(index, stream)
             index += 1
             if tail.size:
                 yield tail
@@ -337,13 +346,10 @@ class AsyncLongSpeechStream(_LongStreamBase):
                 return
             stream = self._begin(index)
             async for audio in stream:
-                self._live_words(stream)
-                out = self._stitcher.push(audio)
+                out = self._joined(stream, audio)
                 if out.size:
                     yield out
-            self._live_words(stream)
-            tail = self._stitcher.end_chunk()
-            self._chunk_done(index, stream)
+            tail = self._chunk_end(index, stream)
             index += 1
             if tail.size:
                 yield tail
