@@ -189,3 +189,20 @@ def test_native_layout_is_strict(tmp_path):
     save_file(weights, native_dir / "consolidated.safetensors")
     with pytest.raises(CheckpointError, match="missing language_model.lm_head.weight"):
         load_checkpoint(native_dir)
+
+
+def test_replayed_steps_match_eager(model):
+    """The decode step is capture-safe: in the trace mode (which records the step once per shape and replays it,
+    as CUDA graphs do, refusing host reads) mixed greedy and sampled requests get the eager tokens."""
+    cases = [(conversation(30 + i, 3 + 4 * i, [i % 2]), dict(temperature=0.7 * (i % 2), seed=i)) for i in range(3)]
+    results = {}
+    for mode in ("eager", "trace"):
+        gen = VoxtralGenerator(model, max_batch=4, max_seq_len=128, step_mode=mode)
+        states = [gen.prepare(VoxtralRequest(ids, features=f, max_new_tokens=10 + 3 * i, **opts))
+                  for i, ((ids, f), opts) in enumerate(cases)]
+        while not all(s.finished for s in states):
+            gen.step()
+        results[mode] = [gen.frames(s, 0, s.final_frames).tolist() for s in states]
+        if mode == "trace":
+            assert gen.runner.recorded_shapes >= 1
+    assert results["trace"] == results["eager"]
