@@ -197,3 +197,28 @@ def test_streamed_transcription_with_a_voxtral_model_id(http, voxtral):
 def test_undecodable_upload_for_voxtral_transcription(http):
     response = http.post("/v1/audio/transcriptions", data={"model": MODEL}, files={"file": ("x.wav", b"nope" * 10)})
     assert response.status_code == 400
+
+
+def test_text_session_with_voxtral_is_refused(base_url):
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    url = base_url.replace("http://", "ws://") + "/v1/audio/speech/stream"
+    with connect(url, open_timeout=WAIT) as socket:
+        socket.send(json.dumps({"type": "session.start", "model": MODEL}))
+        events = []
+        while True:
+            try:
+                events.append(json.loads(socket.recv(timeout=WAIT)))
+            except ConnectionClosed:
+                break
+    (error,) = [e for e in events if e["type"] == "error"]
+    assert error["error"]["param"] == "model" and "speech" in error["error"]["message"]
+
+
+def test_health_and_model_card_tolerate_a_model_without_audio_output(http):
+    assert http.get("/health").status_code == 200
+    card = http.get(f"/v1/models/{MODEL}").json()
+    assert card["family"] == "voxtral" and card["sample_rate"] is None

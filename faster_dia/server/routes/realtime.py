@@ -129,6 +129,10 @@ class _Session:
             raise InvalidInputError(f"A text session streams {', '.join(STREAM_FORMATS)}; got {fmt!r}.",
                                     param="response_format")
         self.hosted = self.state.models.resolve(fields.model)
+        if self.hosted.family == "voxtral":  # audio in, text out: nothing to speak with
+            self.hosted = None
+            raise InvalidInputError("This model understands speech and makes no audio; a text session needs a "
+                                    "speech model.", param="model")
         tts = await self.hosted.get()
         sampling = {k: v for k, v in fields.model_dump().items() if v is not None and k not in (
             "type", "model", "voice", "voices", "response_format", "continuity")}
