@@ -200,3 +200,16 @@ def test_keys_apply_to_the_websocket(server):
         socket.send(json.dumps({"type": "text.end"}))
         audio, events = receive_all(socket)
     assert audio and events[-1]["type"] == "done"
+
+
+def test_a_session_outlives_the_time_allowed_to_send_a_request(tts2):
+    """The bound on sending an HTTP request stops at the WebSocket upgrade: a session may last any time."""
+    with running(create_app(tts2), timeout_request=1.0) as url:
+        with connect(f"{url.replace('http://', 'ws://')}/v1/audio/speech/stream", open_timeout=WAIT) as socket:
+            socket.send(json.dumps({"type": "session.start", "seed": 1}))
+            socket.send(json.dumps({"type": "text.append", "text": "[S1] Hello there, "}))
+            time.sleep(2.5)  # past the request deadline of 1 s
+            socket.send(json.dumps({"type": "text.append", "text": "my friend."}))
+            socket.send(json.dumps({"type": "text.end"}))
+            audio, events = receive_all(socket)
+    assert audio and events[-1]["type"] == "done"

@@ -118,9 +118,10 @@ class HostedModel:
 
     def unload(self) -> None:
         """Free the model's memory; the next request loads it again."""
-        tts, self.tts = self.tts, None
-        if tts is None:
+        if self.tts is None:
             return
+        log.info("unloading model %s after %.0f s without requests", self.id, time.monotonic() - self.last_used)
+        tts, self.tts = self.tts, None  # requests from now on load it again
         tts.close()
         del tts
         gc.collect()
@@ -131,7 +132,7 @@ class HostedModel:
                 torch.cuda.empty_cache()
         except ImportError:  # pragma: no cover - torch is a dependency
             pass
-        log.info("unloaded model %s after %.0f s without requests", self.id, time.monotonic() - self.last_used)
+        log.info("unloaded model %s", self.id)
 
 
 class ModelRegistry:

@@ -78,6 +78,8 @@ def uvicorn_config(
         "h11_max_incomplete_event_size": max_header_bytes,
         # One process, one model: several workers would each load their own copy.
         "workers": 1,
+        # Audio hardly compresses: deflating WebSocket messages would cost CPU for nothing.
+        "ws_per_message_deflate": False,
         **overrides,
     }
     return ServerConfig(app, max_header_bytes=max_header_bytes, timeout_request=timeout_request, **options)
@@ -91,6 +93,7 @@ class BoundedH11Protocol(H11Protocol):
         self.max_header_bytes: int = getattr(config, "max_header_bytes", MAX_HEADER_BYTES)
         self.timeout_request: float = getattr(config, "timeout_request", TIMEOUT_REQUEST)
         self.request_deadline: asyncio.TimerHandle | None = None
+        self.upgraded = False  # the connection was handed to the WebSocket protocol
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
@@ -120,7 +123,8 @@ class BoundedH11Protocol(H11Protocol):
         self._watch_request()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        self._stop_deadline()  # the connection is the websocket protocol's from here on
+        self.upgraded = True  # the connection is the WebSocket protocol's from here on: no deadline, no answers
+        self._stop_deadline()
         super().handle_websocket_upgrade(event)
 
     # ------------------------------------------------------------------ the bounds
@@ -136,7 +140,7 @@ class BoundedH11Protocol(H11Protocol):
         request. A running deadline is left as it is, so a client cannot extend it a byte at a time."""
         cycle = self.cycle
         app_has_request = cycle is not None and not cycle.more_body and not cycle.response_complete
-        if app_has_request or self.transport.is_closing():
+        if app_has_request or self.upgraded or self.transport.is_closing():
             self._stop_deadline()
         elif self.request_deadline is None:
             self.request_deadline = self.loop.call_later(self.timeout_request, self._request_timed_out)
