@@ -59,9 +59,15 @@ def public_id(model: str | os.PathLike) -> str:
     return path.resolve().name if path.is_dir() else str(model)
 
 
+#: The files a family's config may be in: transformers' config.json, or Mistral's native params.json.
+CONFIG_FILES = ("config.json", "params.json")
+
+
 def read_config(model: str | os.PathLike, revision: str | None = None) -> tuple[dict[str, Any], str]:
-    """The parsed config.json of a model reference, and its path (for messages)."""
-    path = open_repo(model, revision=revision).get("config.json")
+    """The parsed config of a model reference (config.json, else a native params.json), and its path."""
+    repo = open_repo(model, revision=revision)
+    name = next((n for n in CONFIG_FILES if repo.has(n)), CONFIG_FILES[0])  # missing: the error names config.json
+    path = repo.get(name)
     try:
         return json.loads(path.read_text(encoding="utf-8")), str(path)
     except (OSError, ValueError) as exc:

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import faster_dia
 from faster_dia.errors import InvalidInputError
 from faster_dia.testing import write_tiny_voxtral
 
@@ -184,3 +185,11 @@ def test_native_layout_loads_by_directory(tmp_path, voxtral):
         assert native.chat(messages, max_tokens=10).text == voxtral.chat(messages, max_tokens=10).text
     finally:
         native.close()
+
+
+def test_a_native_layout_directory_loads_through_faster_dia_load(voxtral, tmp_path):
+    """Mistral's own layout has params.json and no config.json: the registry reads that to pick the family."""
+    native = faster_dia.load(write_tiny_voxtral(tmp_path / "native", layout="mistral"), device="cpu")
+    assert native.family == "voxtral"
+    messages = CONVERSATIONS["text-only"]
+    assert native.chat(messages, max_tokens=8).text == voxtral.chat(messages, max_tokens=8).text

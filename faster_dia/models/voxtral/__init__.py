@@ -10,8 +10,11 @@ FAMILY = "voxtral"
 
 
 def recognizes(config: dict[str, Any]) -> bool:
-    """Whether a parsed ``config.json`` is transformers' ``VoxtralConfig`` (``model_type`` "voxtral")."""
-    return config.get("model_type") == "voxtral"
+    """Whether a parsed config is Voxtral's: transformers' ``VoxtralConfig`` (``model_type`` "voxtral") or
+    Mistral's native params.json (a text model with a Whisper audio encoder under ``multimodal``)."""
+    multimodal = config.get("multimodal")
+    return config.get("model_type") == "voxtral" or (
+        isinstance(multimodal, dict) and isinstance(multimodal.get("whisper_model_args"), dict))
 
 
 def load(model, **options):
