@@ -453,3 +453,16 @@ def test_cli_serves_two_models(dirs):
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_a_model_just_loaded_is_not_idle_and_is_detached_before_it_is_freed(dirs):
+    spec = ModelSpec(str(dirs["dia-1.6b-0626"]), {"codec": str(dirs["dac"]), "device": "cpu"})
+    (model,) = ModelRegistry.from_specs([spec], idle_unload=0.5).models
+    model.last_used = 0.0  # its last request was long ago
+    tts = asyncio.run(model.get())
+    assert time.monotonic() - model.last_used < 0.5  # the idle timer cannot take it from the caller
+    detached = model.detach()
+    assert detached is tts and model.tts is None and model.state == "unloaded"  # new requests load it again
+    model.free(detached)
+    with pytest.raises(faster_dia.CancelledError):
+        tts.generate(SCRIPT, max_new_tokens=20)

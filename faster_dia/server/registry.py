@@ -114,14 +114,26 @@ class HostedModel:
         async with self._lock:
             if self.tts is None:
                 await anyio.to_thread.run_sync(self.load_now)
+        # Just loaded counts as just used: the idle timer must not take it from the caller about to use it.
+        self.last_used = time.monotonic()
         return self.tts
+
+    def detach(self) -> Any:
+        """Take the model out of service (requests from now on load it again); returns it for :meth:`free`.
+        Called on the event loop, so no request can pick up a model that is being freed."""
+        tts, self.tts = self.tts, None
+        if tts is not None:
+            log.info("unloading model %s after %.0f s without requests", self.id, time.monotonic() - self.last_used)
+        return tts
 
     def unload(self) -> None:
         """Free the model's memory; the next request loads it again."""
-        if self.tts is None:
+        self.free(self.detach())
+
+    def free(self, tts: Any) -> None:
+        """Release a detached model's engine and memory (may run in a worker thread)."""
+        if tts is None:
             return
-        log.info("unloading model %s after %.0f s without requests", self.id, time.monotonic() - self.last_used)
-        tts, self.tts = self.tts, None  # requests from now on load it again
         tts.close()
         del tts
         gc.collect()
@@ -218,7 +230,7 @@ class ModelRegistry:
             for model in self.models:
                 if (model.tts is not None and model.reloadable and model.active == 0
                         and now - model.last_used >= self.idle_unload):
-                    await anyio.to_thread.run_sync(model.unload)
+                    await anyio.to_thread.run_sync(model.free, model.detach())
 
     def close(self) -> None:
         for model in self.models:
