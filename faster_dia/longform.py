@@ -218,11 +218,14 @@ class _LongStreamBase:
     def seconds(self) -> float:
         return self.frames / self._tts.frame_rate
 
-    def _ensure_open(self, index: int) -> Any:
-        if index not in self._streams:
-            text = self.plan.chunks[index]
-            self._streams[index] = self._open(text, self.plan.chunk_options(index), self.chunk_frames)
-        return self._streams[index]
+    def _ensure_open(self, *indices: int) -> Any:
+        """Open the streams of these chunks (those not open yet) in one submission; returns the first's."""
+        new = [i for i in indices if i not in self._streams]
+        if new:
+            streams = self._open([self.plan.chunks[i] for i in new], [self.plan.chunk_options(i) for i in new],
+                                 self.chunk_frames)
+            self._streams.update(zip(new, streams, strict=True))
+        return self._streams[indices[0]]
 
     def _arrived(self, event: tuple) -> None:
         kind, text = event
@@ -252,9 +255,8 @@ class _LongStreamBase:
                                              codes.shape[0] / self._tts.frame_rate))
         self._frames_done += stream.frames
         self._current = None
-        if self.plan.batched_after_first and index == 0:
-            for later in range(1, len(self.plan.chunks)):  # opened together: decoded as one batch
-                self._ensure_open(later)
+        if self.plan.batched_after_first and index == 0 and len(self.plan.chunks) > 1:
+            self._ensure_open(*range(1, len(self.plan.chunks)))  # one submission: decoded as one batch
 
     def _live_words(self, stream: Any) -> None:
         if not self._stitcher.started:  # where this chunk lands on the timeline is known at its first sound

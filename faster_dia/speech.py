@@ -237,7 +237,8 @@ def _voice_reference(value: Any, param: str) -> Any:
 class _StreamBase:
     """One request's audio, delivered in chunks while it is generated (shared by both stream kinds)."""
 
-    def __init__(self, tts: SpeechModel, request: Any, *, input_tokens: int, chunk_frames: int):
+    def __init__(self, tts: SpeechModel, request: Any, *, input_tokens: int, chunk_frames: int,
+                 submission: Submission | None = None):
         self._tts = tts
         self.request = request
         self.seed = request.seed
@@ -250,8 +251,11 @@ class _StreamBase:
         self.codes: list[torch.Tensor] = []  # the codes streamed so far, chunk by chunk
         self._decoder = tts.codec.incremental_decoder()
         self._ended = False
-        # Submitted at once: the request is validated and queued (or refused) now, not at the first chunk.
-        (self._submission,) = tts.engine.submit([request], chunk_frames=chunk_frames)
+        # Submitted at once: the request is validated and queued (or refused) now, not at the first chunk (or
+        # already submitted with others, to be decoded together).
+        if submission is None:
+            (submission,) = tts.engine.submit([request], chunk_frames=chunk_frames)
+        self._submission = submission
 
     @property
     def seconds(self) -> float:
@@ -649,10 +653,18 @@ class SpeechModel:
         plan = LongFormPlan.make(self, script, options)
         return kind(self, plan, frames, self._chunk_opener(kind.__name__.startswith("Async")))
 
-    def _chunk_opener(self, asynchronous: bool) -> Callable[[str, dict[str, Any], int], Any]:
-        """Opens one chunk's stream of a long script (blocking or asyncio)."""
+    def _chunk_opener(self, asynchronous: bool) -> Callable[[list[str], list[dict[str, Any]], int], list[Any]]:
+        """Opens chunks of a long script (blocking or asyncio streams), all in one engine submission, so
+        chunks opened together are admitted together and decoded as one batch."""
         kind = AsyncSpeechStream if asynchronous else SpeechStream
-        return lambda text, options, frames: self._open_one(kind, text, options, frames)
+
+        def open_chunks(texts: list[str], options: list[dict[str, Any]], frames: int) -> list[Any]:
+            requests = [self._requests([text], opts)[0] for text, opts in zip(texts, options, strict=True)]
+            submissions = self.engine.submit(requests, chunk_frames=frames)
+            return [kind(self, request, input_tokens=self._input_tokens(request), chunk_frames=frames,
+                         submission=submission) for request, submission in zip(requests, submissions, strict=True)]
+
+        return open_chunks
 
     # ------------------------------------------------------------------ text that arrives while speaking
 

@@ -58,12 +58,13 @@ def test_a_long_script_is_cut_into_chunks_that_fit(tts):
 # ---------------------------------------------------------------------- speaking
 
 
-def _submit_steps(tts, monkeypatch) -> list[int]:
+def _submit_steps(tts, monkeypatch) -> list[tuple[int, int]]:
+    """(engine step, number of requests) of every submission."""
     steps = []
     submit = tts.engine.submit
 
     def recorded(requests, **kwargs):
-        steps.append(tts.engine.steps)
+        steps.append((tts.engine.steps, len(requests)))
         return submit(requests, **kwargs)
 
     monkeypatch.setattr(tts.engine, "submit", recorded)
@@ -75,13 +76,13 @@ def test_both_continuity_modes_reproduce_and_batch_as_promised(tts, monkeypatch,
     script = long_script()
     steps = _submit_steps(tts, monkeypatch)
     first = tts.generate(script, seed=11, continuity=continuity)
-    chunks = len(steps)
+    chunks = sum(n for _, n in steps)
     assert chunks >= 10 and first.seed == 11 and first.duration > 0
     if continuity == "first":
         # Chunk 0 alone; the other chunks, all prompted with chunk 0, join the engine together.
-        assert steps[0] < steps[1] and len(set(steps[1:])) == 1
-    else:
-        assert steps == sorted(steps) and len(set(steps)) == chunks  # one after the other
+        assert [n for _, n in steps] == [1, chunks - 1] and steps[0][0] < steps[1][0]
+    else:  # one after the other
+        assert [n for _, n in steps] == [1] * chunks and len({step for step, _ in steps}) == chunks
     again = tts.generate(script, seed=11, continuity=continuity)
     assert np.array_equal(first.audio, again.audio) and np.array_equal(first.codes, again.codes)
     streamed = np.concatenate(list(tts.stream(script, seed=11, continuity=continuity)))
