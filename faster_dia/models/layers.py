@@ -8,6 +8,7 @@ layout with float32 tables cast to the compute dtype, and gated MLPs with gate/u
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -125,3 +126,21 @@ def gated_mlp(
     if up_act is not None:
         up = up_act(up)
     return F.linear(gate * up, down)
+
+
+@dataclass
+class KVCache:
+    """A static self-attention cache: ``k[l]``, ``v[l]`` are [rows, kv_heads, max_positions, head_dim] for layer
+    l, written in place at each row's positions; a row is reused by writing from position 0 again (the causal
+    mask hides what lies past a row's position)."""
+
+    k: list[torch.Tensor]
+    v: list[torch.Tensor]
+
+    @property
+    def rows(self) -> int:
+        return self.k[0].shape[0]
+
+    @property
+    def max_positions(self) -> int:
+        return self.k[0].shape[2]

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..layers import (
+    KVCache,
     activation,
     apply_rope,
     attend,
@@ -33,24 +34,6 @@ from ..layers import (
     rope_cos_sin,
 )
 from .config import Dia2Config
-
-
-@dataclass
-class Dia2Cache:
-    """Static main-transformer cache for ``rows`` rows (per request: a conditional and, with CFG, an
-    unconditional row). ``k[l]``, ``v[l]``: [rows, kv_heads, max_positions, head_dim], written in place at each
-    row's position; a row is reused by simply writing from position 0 again (the mask hides later positions)."""
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-
-    @property
-    def rows(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def max_positions(self) -> int:
-        return self.k[0].shape[2]
 
 
 @dataclass
@@ -320,13 +303,13 @@ class Dia2Model(nn.Module):
 
     # ------------------------------------------------------------------ main transformer
 
-    def new_cache(self, rows: int, max_positions: int | None = None) -> Dia2Cache:
+    def new_cache(self, rows: int, max_positions: int | None = None) -> KVCache:
         c = self.config
         T = max_positions or c.max_context_steps + 1
         self._rope(torch.zeros(1, 1, dtype=torch.long, device=self.device), T)  # size the RoPE tables now
         shape = (rows, c.decoder_kv_heads, T, c.decoder_head_dim)
         dev, dt = self.device, self.dtype
-        return Dia2Cache(
+        return KVCache(
             k=[torch.zeros(shape, device=dev, dtype=dt) for _ in range(c.decoder_layers)],
             v=[torch.zeros(shape, device=dev, dtype=dt) for _ in range(c.decoder_layers)],
         )
@@ -337,7 +320,7 @@ class Dia2Model(nn.Module):
         text_second: torch.Tensor,
         audio: torch.Tensor,
         positions: torch.Tensor,
-        cache: Dia2Cache,
+        cache: KVCache,
         rows: torch.Tensor | slice,
         *,
         kv_length: int,

@@ -10,12 +10,12 @@ positions. Query vectors are scaled by 1/sqrt(head_dim) before :func:`~faster_di
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from ..layers import (
+    KVCache,
     activation,
     apply_rope,
     attend,
@@ -26,22 +26,6 @@ from ..layers import (
     rope_cos_sin,
 )
 from .config import VoxtralConfig
-
-
-@dataclass
-class KVCache:
-    """Keys and values of every decoder layer: ``k[i]``, ``v[i]`` are [rows, kv_heads, positions, head_dim]."""
-
-    k: list[torch.Tensor]
-    v: list[torch.Tensor]
-
-    @property
-    def rows(self) -> int:
-        return self.k[0].shape[0]
-
-    @property
-    def positions(self) -> int:
-        return self.k[0].shape[2]
 
 
 class VoxtralModel:
