@@ -48,6 +48,7 @@ import faster_dia
 from faster_dia.engine import Engine
 from faster_dia.models.dia1.generator import Dia1Generator, Dia1Request
 from faster_dia.script import encode_script, normalize_script
+from faster_dia.server.uvicorn_config import uvicorn_config
 from faster_dia.testing import write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -239,7 +240,7 @@ def sync(device: torch.device) -> None:
 
 
 @contextlib.contextmanager
-def serving(app: Any) -> Iterator[str]:
+def serving(app: Any, **options: Any) -> Iterator[str]:
     """uvicorn on a free 127.0.0.1 port in a thread; yields the base URL and stops the server after."""
     import uvicorn
 
@@ -247,7 +248,7 @@ def serving(app: Any) -> Iterator[str]:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(uvicorn_config(app, **{"log_level": "warning", "lifespan": "off", **options}))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -26,28 +26,25 @@ and writes JSON.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
-import socket
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
-import uvicorn
+
+# bench/ is on the path when this runs as a script.
+from bench_engine import serving
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 import faster_dia
 from faster_dia.server import create_app
-from faster_dia.server.uvicorn_config import uvicorn_config
 from faster_dia.testing import write_tiny_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -92,29 +89,6 @@ class Session:
     gaps_while_text: list[float] = field(default_factory=list)
     done: bool = False
     error: str | None = None
-
-
-@contextlib.contextmanager
-def serving(app: Any, timeout_request: float) -> Iterator[str]:
-    """uvicorn (the project's config) on a free 127.0.0.1 port in a thread; yields the ws:// base URL."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn_config(app, log_level="warning", timeout_request=timeout_request))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    try:
-        yield f"ws://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
-        sock.close()
 
 
 def playback_gaps(arrivals: list[tuple[float, float]], text_end: float) -> tuple[list[float], list[float]]:
@@ -252,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         tts = faster_dia.load(write_tiny_checkpoint("dia2", Path(tmp) / "model"),
                               codec=write_tiny_checkpoint("mimi", Path(tmp) / "codec"), device="cpu")
         app = create_app(tts, chunk_frames=args.chunk_frames)
-        with serving(app, args.timeout_request) as url:
+        with serving(app, timeout_request=args.timeout_request) as http_url:
+            url = http_url.replace("http://", "ws://")
             warm = run_session(url, "all at once", 0, pieces["all at once"], 1.0)  # untimed: first-call costs
             log(f"warm-up: ttfa {_fmt(warm.ttfa_s)} s, {warm.audio_s:.1f} s of audio, error {warm.error}")
             for i in range(args.sessions):
