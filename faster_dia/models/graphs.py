@@ -104,6 +104,14 @@ class StepRunner:
     def recorded_shapes(self) -> int:
         return len(self._recorded)
 
+    def operator_count(self, shape: Hashable) -> int:
+        """Trace mode: how many operators that are not views (each a kernel launch on a GPU) the recorded
+        ``shape`` replays."""
+        replay = self._recorded[shape]
+        if self.mode != TRACE:
+            raise ValueError("operators are counted in the trace mode only")
+        return sum(not func.is_view for func, *_ in replay.__self__._ops)
+
     def run(self, shape: Hashable, step: Callable[[], None]) -> None:
         """Run one step. ``step`` must read and write only persistent device buffers and depend on no host value
         outside ``shape``: in the replaying modes it runs for real only the first time a shape is seen."""
