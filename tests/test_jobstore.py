@@ -1,13 +1,19 @@
-"""The durable job store: tasks and results, webhook deliveries queued with their results, restart recovery,
-expiry, quota, and state that survives reopening the file."""
+"""The durable job store, on SQLite and on PostgreSQL (a throwaway server, tests/postgres.py): tasks and results,
+webhook deliveries queued with their results and claimed once, restart recovery by owner, expiry, quota, state that
+survives reopening, concurrent writers from threads and from two stores on one database."""
 
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+from collections import Counter
 
 import pytest
+from postgres import database  # noqa: F401 (a fixture)
 
+from faster_dia.errors import InvalidInputError
 from faster_dia.server.jobstore import ERROR, PROCESSING, SUCCESS, JobStore
 
 
@@ -25,8 +31,8 @@ def clock():
 
 
 @pytest.fixture
-def store(tmp_path, clock):
-    store = JobStore(tmp_path / "tasks.sqlite3", clock=clock)
+def store(database, clock):  # noqa: F811
+    store = JobStore(database, clock=clock)
     yield store
     store.close()
 
@@ -36,7 +42,12 @@ def create(store: JobStore, task_uuid: str, results: int = 2, webhook: str | Non
                              webhook_url=webhook, retain_seconds=3600)
 
 
-def test_the_file_is_sqlite_in_wal_mode(store, tmp_path):
+def restarted(uuid: str, i: int) -> tuple[dict, dict]:
+    return {"code": "serverRestarted", "i": i}, {"errors": [{"code": "serverRestarted"}]}
+
+
+def test_a_path_is_an_sqlite_file_in_wal_mode(tmp_path):
+    JobStore(tmp_path / "tasks.sqlite3").close()
     mode = sqlite3.connect(tmp_path / "tasks.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -92,19 +103,18 @@ def test_a_delivery_given_up_is_not_due_again(store, clock):
     assert store.due_deliveries() == []
 
 
-def test_restart_fails_unfinished_results_and_queues_their_webhooks(tmp_path, clock):
-    path = tmp_path / "tasks.sqlite3"
-    first = JobStore(path, clock=clock)
+def test_restart_fails_unfinished_results_and_queues_their_webhooks(database, clock):  # noqa: F811
+    first = JobStore(database, clock=clock)
+    first.heartbeat()
     create(first, "half", webhook="http://example.com/hook")
     first.finish_result("half", 0, status=SUCCESS, body={"seed": 1}, webhook_body={"data": [{"seed": 1}]})
     create(first, "done", results=1)
     first.finish_result("done", 0, status=SUCCESS, body={"seed": 5})
-    first.close()  # the process ends here, with result 1 of "half" unfinished and its first webhook pending
+    first.release()
+    first.close()  # the server stops here, with result 1 of "half" unfinished and its first webhook pending
 
-    second = JobStore(path, clock=clock)
-    touched = second.fail_unfinished(lambda uuid, i: ({"code": "serverRestarted", "i": i},
-                                                      {"errors": [{"code": "serverRestarted"}]}))
-    assert touched == ["half"]
+    second = JobStore(database, clock=clock)
+    assert second.fail_unfinished(restarted) == ["half"]
     task = second.get_task("half")
     assert task.status == ERROR and [r.status for r in task.results] == [SUCCESS, ERROR]
     assert task.results[1].body == {"code": "serverRestarted", "i": 1}
@@ -113,6 +123,102 @@ def test_restart_fails_unfinished_results_and_queues_their_webhooks(tmp_path, cl
                                                          {"errors": [{"code": "serverRestarted"}]}]
     assert second.fail_unfinished(lambda uuid, i: ({}, {})) == []
     second.close()
+
+
+def test_a_starting_store_leaves_a_live_owners_work_alone(database, clock):  # noqa: F811
+    running, starting = JobStore(database, clock=clock), JobStore(database, clock=clock)
+    running.heartbeat()
+    create(running, "busy")
+    starting.heartbeat()
+    assert starting.fail_unfinished(restarted) == [] and starting.get_task("busy").status == PROCESSING
+    assert starting.live_owners() == {running.owner, starting.owner}
+    # Heartbeats keep an owner alive; one that stops sending them is gone after owner_timeout.
+    clock.now += running.owner_timeout - 1
+    running.heartbeat()
+    clock.now += 2
+    assert starting.fail_unfinished(restarted) == []
+    clock.now += running.owner_timeout
+    starting.heartbeat()
+    assert starting.live_owners() == {starting.owner}
+    assert starting.fail_unfinished(restarted) == ["busy"]
+    assert [r.body for r in starting.get_task("busy").results] == [{"code": "serverRestarted", "i": i} for i in (0, 1)]
+    # An owner that stopped cleanly is gone at once; the others' own work is untouched.
+    create(starting, "mine")
+    running.heartbeat()
+    create(running, "theirs")
+    running.release()
+    assert starting.fail_unfinished(restarted) == ["theirs"]
+    assert starting.get_task("mine").status == PROCESSING
+    running.close()
+    starting.close()
+
+
+CRASH = """
+import os, sys
+from faster_dia.server.jobstore import JobStore
+store = JobStore(sys.argv[1])
+store.heartbeat()
+store.create_task("crashed", task_type="audioInference", model="dia", number_results=1, webhook_url=None,
+                  retain_seconds=60)
+os._exit(0)  # no release: as if killed
+"""
+
+
+def test_a_crashed_process_on_this_machine_is_gone_at_once(database):  # noqa: F811
+    subprocess.run([sys.executable, "-c", CRASH, database], check=True, timeout=60)
+    store = JobStore(database)
+    try:
+        store.heartbeat()
+        assert store.live_owners() == {store.owner}  # its heartbeat is fresh, but its process is gone
+        assert store.fail_unfinished(restarted) == ["crashed"]
+    finally:
+        store.close()
+
+
+def test_two_stores_claim_each_delivery_once(database, clock):  # noqa: F811
+    stores = [JobStore(database, clock=clock) for _ in range(2)]
+    create(stores[0], "t", results=40, webhook="http://example.com/hook")
+    for i in range(40):
+        stores[i % 2].finish_result("t", i, status=SUCCESS, body={}, webhook_body={"data": [i]})
+    claims: list[int] = []
+
+    def claim(store: JobStore) -> None:
+        while batch := store.due_deliveries(limit=3):
+            claims.extend(d.body["data"][0] for d in batch)
+
+    threads = [threading.Thread(target=claim, args=(stores[i % 2],)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(claims) == list(range(40))
+    # A claim lapses after its lease (its claimer died): due again, once.
+    clock.now += stores[0].delivery_lease
+    assert len(stores[1].due_deliveries(limit=100)) == 40 and stores[0].due_deliveries() == []
+    for store in stores:
+        store.close()
+
+
+def test_results_finishing_together_settle_their_task(database):  # noqa: F811
+    stores = [JobStore(database) for _ in range(2)]
+    for t in range(8):
+        create(stores[0], f"t{t}", results=2)
+    barrier = threading.Barrier(16)
+
+    def finish(i: int) -> None:
+        barrier.wait()  # the two results of each task finish as nearly together as threads can
+        stores[i % 2].finish_result(f"t{i // 2}", i % 2, status=SUCCESS, body={"i": i})
+
+    threads = [threading.Thread(target=finish, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for t in range(8):
+        task = stores[1].get_task(f"t{t}")
+        assert task.status == SUCCESS and [r.body["i"] for r in task.results] == [2 * t, 2 * t + 1]
+    for store in stores:
+        store.close()
 
 
 def test_files_expire_and_are_swept(store, clock):
@@ -149,17 +255,60 @@ def test_quota_counts_per_key_and_day(store):
     assert not store.take_quota("k", "2026-01-02", 0)
 
 
-def test_concurrent_writers_from_threads(store):
-    results = []
+def test_concurrent_writers_from_two_stores(database):  # noqa: F811
+    stores = [JobStore(database) for _ in range(2)]
+    created, counted = [], []
 
-    def reserve(i: int) -> None:
-        results.append(create(store, "same"))
+    def work(i: int) -> None:
+        store = stores[i % 2]
+        created.append(create(store, "same"))
         create(store, f"own-{i}")
+        counted.extend(store.take_quota("k", "2026-01-01", 5) for _ in range(2))
 
-    threads = [threading.Thread(target=reserve, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert sorted(results) == [False] * 7 + [True]
-    assert all(store.get_task(f"own-{i}") is not None for i in range(8))
+    assert sorted(created) == [False] * 7 + [True]
+    assert all(stores[1].get_task(f"own-{i}") is not None for i in range(8))
+    assert Counter(counted) == {True: 5, False: 11}
+    for store in stores:
+        store.close()
+
+
+def test_a_file_from_before_owners_is_upgraded(tmp_path):
+    path = tmp_path / "tasks.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.executescript("""
+            CREATE TABLE tasks (task_uuid TEXT PRIMARY KEY, task_type TEXT NOT NULL, model TEXT NOT NULL,
+                status TEXT NOT NULL, number_results INTEGER NOT NULL, webhook_url TEXT, created REAL NOT NULL,
+                retain_until REAL NOT NULL);
+            CREATE TABLE results (task_uuid TEXT NOT NULL REFERENCES tasks(task_uuid) ON DELETE CASCADE,
+                result_index INTEGER NOT NULL, status TEXT NOT NULL, body TEXT, finished REAL,
+                PRIMARY KEY (task_uuid, result_index));
+            INSERT INTO tasks VALUES ('old', 'audioInference', 'dia', 'processing', 1, NULL, 0, 1e12);
+            INSERT INTO results (task_uuid, result_index, status) VALUES ('old', 0, 'processing');
+        """)
+    store = JobStore(path)
+    store.heartbeat()
+    assert store.fail_unfinished(restarted) == ["old"]
+    store.close()
+
+
+def test_a_database_that_cannot_be_used_is_named(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for target, words in ((f"postgresql://user:secret@127.0.0.1:{port}/db", f"user:***@127.0.0.1:{port}/db"),
+                          ("mysql://host/db", "SQLite (sqlite:///path) or PostgreSQL"),
+                          ("sqlite://", "in-memory"),
+                          ("postgresql://user:secret@host:notaport/db", "user:***@host:notaport/db is not a URL"),
+                          (f"sqlite:///{tmp_path}/file/sub/tasks.sqlite3", "Cannot use the database")):
+        if "file/sub" in target:
+            (tmp_path / "file").write_text("a file where a directory should be")
+        with pytest.raises(InvalidInputError) as error:
+            JobStore(target)
+        assert words in error.value.message and "secret" not in error.value.message, error.value.message

@@ -1,88 +1,133 @@
-"""The durable state of the hosted task API, in SQLite: tasks, their results, the files results are served
-from, webhook deliveries still to make, and quota counts.
+"""The durable state of the hosted task API: tasks, their results, the files results are served from, webhook
+deliveries still to make, quota counts, and the server processes (owners) that run tasks. On SQLAlchemy Core: an
+SQLite file by default, or PostgreSQL, which several server replicas can share.
 
-The interface is small on purpose, so that another database (SQLAlchemy on PostgreSQL, say) can stand behind
-it; the task API uses nothing else:
+The task API uses nothing else:
 
 ==============================================  ==========================================================
-``create_task(uuid, ...) -> bool``              reserve a task UUID with its results (False: in use)
+``create_task(uuid, ...) -> bool``              reserve a task UUID with its results, owned by this store's
+                                                ``owner`` (False: the UUID is in use)
 ``get_task(uuid) -> TaskRecord | None``         a task and its results
 ``finish_result(uuid, index, ...)``             record one result (success or error) and, in the same
                                                 transaction, its webhook delivery
-``fail_unfinished(error) -> list[str]``         after a restart: every result still processing fails (and
+``heartbeat() / release()``                     this owner is alive (call it every few seconds) / has stopped
+``fail_unfinished(error) -> list[str]``         every result still processing whose owner is gone fails (and
                                                 its webhook is queued); the UUIDs of the tasks touched
+``live_owners() -> set[str]``                   the owners alive now
 ``add_file / get_file``                         result files and their expiry
-``due_deliveries / delivery_done /              webhook deliveries: the ones due, success, a failed attempt
-delivery_failed``
+``due_deliveries / delivery_done /              webhook deliveries: claim the ones due, success, a failed
+delivery_failed``                               attempt
 ``sweep() -> list[str]``                        forget expired files (their paths are returned for deleting)
                                                 and tasks past their retention
 ``take_quota(key, day, limit) -> bool``         count one use against a daily limit (False: none left)
 ==============================================  ==========================================================
 
 Bodies (results, errors, webhook payloads) are JSON documents the store keeps as given. Times are seconds since
-the epoch from ``clock`` (``time.time``; tests move it). Every method is one transaction and is safe to call
-from any thread; the SQLite file is in WAL mode, so readers never wait for the writer.
+the epoch from ``clock`` (``time.time``; tests move it); replicas on several hosts compare each other's
+heartbeats, so their clocks must agree to well within ``owner_timeout`` (NTP does). Every method is one
+transaction and is safe to call from any thread.
+
+Several processes may share one database. Each store is one owner (a random id): the tasks it creates are its
+own, and it proves it is alive with :meth:`heartbeat`. An owner is gone when its heartbeat is older than
+``owner_timeout``, when it released itself (a clean stop), when it never sent one, or at once when it was a
+process on this machine that no longer exists (a crashed server restarted on the same machine fails its
+leftovers without waiting out the timeout). Only a gone owner's unfinished results are failed, so a starting
+replica leaves the others' running work alone. Webhook deliveries are claimed for ``delivery_lease`` seconds
+(``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite takes its one write lock), so two replicas never make the same
+attempt; a claim whose owner dies is due again when the lease runs out.
+
+SQLite: WAL mode (readers never wait for the writer), one writer at a time (``BEGIN IMMEDIATE``). PostgreSQL:
+read committed, with the rows a decision depends on locked (the task while its results settle, the due
+deliveries while they are claimed) and quota counted in one conditional upsert.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
-import sqlite3
+import os
+import re
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..errors import InvalidInputError
+
 PROCESSING, SUCCESS, ERROR = "processing", "success", "error"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tasks (
-    task_uuid TEXT PRIMARY KEY,
-    task_type TEXT NOT NULL,
-    model TEXT NOT NULL,
-    status TEXT NOT NULL,
-    number_results INTEGER NOT NULL,
-    webhook_url TEXT,
-    created REAL NOT NULL,
-    retain_until REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS results (
-    task_uuid TEXT NOT NULL REFERENCES tasks(task_uuid) ON DELETE CASCADE,
-    result_index INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    body TEXT,
-    finished REAL,
-    PRIMARY KEY (task_uuid, result_index)
-);
-CREATE TABLE IF NOT EXISTS files (
-    file_id TEXT PRIMARY KEY,
-    task_uuid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    content_type TEXT NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS files_by_expiry ON files (expires);
-CREATE TABLE IF NOT EXISTS deliveries (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    task_uuid TEXT NOT NULL,
-    url TEXT NOT NULL,
-    body TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt REAL NOT NULL,
-    state TEXT NOT NULL DEFAULT 'pending',
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_attempt);
-CREATE TABLE IF NOT EXISTS usage (
-    key TEXT NOT NULL,
-    day TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (key, day)
-);
-"""
+#: An owner whose heartbeat is older than this is gone (its unfinished results fail).
+OWNER_TIMEOUT_SECONDS = 60.0
+#: How long a claimed webhook delivery stays claimed: longer than one attempt may take (the outbound client's
+#: deadline), so that only a dead claimer's delivery is claimed again.
+DELIVERY_LEASE_SECONDS = 120.0
+
+_metadata = sa.MetaData()
+_id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")  # SQLite's AUTOINCREMENT needs INTEGER exactly
+
+tasks = sa.Table(
+    "tasks", _metadata,
+    sa.Column("task_uuid", sa.Text, primary_key=True),
+    sa.Column("task_type", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("number_results", sa.Integer, nullable=False),
+    sa.Column("webhook_url", sa.Text),
+    sa.Column("created", sa.Float, nullable=False),
+    sa.Column("retain_until", sa.Float, nullable=False),
+    sa.Column("owner", sa.Text),  # the store that runs it (added to older files by _migrate)
+    sa.Index("tasks_by_status", "status"),
+)
+results = sa.Table(
+    "results", _metadata,
+    sa.Column("task_uuid", sa.Text, sa.ForeignKey("tasks.task_uuid", ondelete="CASCADE"), primary_key=True),
+    sa.Column("result_index", sa.Integer, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("body", sa.Text),
+    sa.Column("finished", sa.Float),
+)
+files = sa.Table(
+    "files", _metadata,
+    sa.Column("file_id", sa.Text, primary_key=True),
+    sa.Column("task_uuid", sa.Text, nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("content_type", sa.Text, nullable=False),
+    sa.Column("expires", sa.Float, nullable=False),
+    sa.Index("files_by_expiry", "expires"),
+)
+deliveries = sa.Table(
+    "deliveries", _metadata,
+    sa.Column("id", _id, primary_key=True, autoincrement=True),
+    sa.Column("task_uuid", sa.Text, nullable=False),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt", sa.Float, nullable=False),  # also the end of a claim's lease
+    sa.Column("state", sa.Text, nullable=False, server_default="pending"),
+    sa.Column("last_error", sa.Text),
+    sa.Index("deliveries_due", "state", "next_attempt"),
+    sqlite_autoincrement=True,
+)
+usage = sa.Table(
+    "usage", _metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("day", sa.Text, primary_key=True),
+    sa.Column("count", sa.Integer, nullable=False),
+)
+owners = sa.Table(
+    "owners", _metadata,
+    sa.Column("owner", sa.Text, primary_key=True),
+    sa.Column("machine", sa.Text),  # see _machine(); with pid, lets a store on the same machine see a crash
+    sa.Column("pid", sa.Integer),
+    sa.Column("heartbeat", sa.Float, nullable=False),
+)
 
 
 @dataclass
@@ -122,27 +167,83 @@ class Delivery:
     attempts: int  # made so far
 
 
-class JobStore:
-    """Tasks, results, files and deliveries in the SQLite file ``path`` (created if missing)."""
+def database_url(target: str | os.PathLike) -> sa.URL:
+    """``target`` as a database URL: a path is an SQLite file; ``postgresql://`` (or ``postgres://``) gets the
+    psycopg 3 driver. Only SQLite and PostgreSQL are accepted (the store's upserts and locks are theirs)."""
+    if isinstance(target, os.PathLike) or "://" not in str(target):
+        return sa.URL.create("sqlite", database=str(Path(target).expanduser()))
+    try:
+        url = sa.make_url(str(target))
+    except (sa.exc.ArgumentError, ValueError) as exc:
+        shown = re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", str(target))  # no password in logs
+        raise InvalidInputError(f"The database URL {shown} is not a URL SQLAlchemy can read ({exc}).",
+                                param="database") from exc
+    backend, _, driver = url.drivername.partition("+")
+    if backend in ("postgresql", "postgres"):
+        return url.set(drivername=f"postgresql+{driver or 'psycopg'}")
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            raise InvalidInputError("An SQLite database URL needs a file (sqlite:///path/to/tasks.sqlite3): an "
+                                    "in-memory database is one per connection and forgets everything.",
+                                    param="database")
+        return url
+    raise InvalidInputError(f"The database must be SQLite (sqlite:///path) or PostgreSQL (postgresql://...), got "
+                            f"{url.drivername}://.", param="database")
 
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time):
-        self.path = Path(path)
+
+class JobStore:
+    """Tasks, results, files and deliveries in ``target``: an SQLite file path, or a database URL
+    (``sqlite:///path``, ``postgresql://user:password@host/db``). The schema is created if missing.
+
+    ``owner`` names this store's process among those sharing the database (default: a new random id).
+    A database that cannot be used raises :class:`~faster_dia.errors.InvalidInputError` naming it."""
+
+    def __init__(self, target: str | os.PathLike, *, clock: Callable[[], float] = time.time,
+                 owner: str | None = None, owner_timeout: float = OWNER_TIMEOUT_SECONDS,
+                 delivery_lease: float = DELIVERY_LEASE_SECONDS):
+        self.url = database_url(target)
         self.clock = clock
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # WAL with NORMAL: a commit survives a crash of the process; a power cut may lose the last commits.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.executescript(_SCHEMA)
+        self.owner = owner or uuid.uuid4().hex
+        self.owner_timeout = owner_timeout
+        self.delivery_lease = delivery_lease
+        self.name = self.url.render_as_string(hide_password=True)
+        self.sqlite = self.url.get_backend_name() == "sqlite"
+        try:
+            if self.sqlite:
+                Path(self.url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                self.engine = sa.create_engine(self.url, connect_args={"timeout": 30.0})
+                sa.event.listen(self.engine, "connect", _sqlite_connect)
+                sa.event.listen(self.engine, "begin", _sqlite_begin)
+            else:
+                # pre_ping: a connection the server closed (a restart, an idle timeout) is replaced, not used.
+                self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=24,
+                                               connect_args={"connect_timeout": 10})
+            self._create_schema()
+        except ImportError as exc:
+            raise InvalidInputError(f"The database {self.name} needs its driver: pip install 'faster-dia[postgres]' "
+                                    f"({exc}).", param="database") from exc
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            reason = getattr(exc, "orig", None) or exc
+            raise InvalidInputError(f"Cannot use the database {self.name}: {str(reason).strip()}",
+                                    param="database") from exc
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self.engine.dispose()
 
-    def _transaction(self):
-        return _Transaction(self._db, self._lock)
+    def _create_schema(self) -> None:
+        with self.engine.begin() as db:
+            if not self.sqlite:
+                # Replicas starting together would race to create the same tables; one at a time.
+                db.execute(sa.text("SELECT pg_advisory_xact_lock(7253046102)"))
+            _metadata.create_all(db)
+            columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
+            if "owner" not in columns:  # a file from before owners: its tasks have none (gone, as a restart)
+                db.execute(sa.text("ALTER TABLE tasks ADD COLUMN owner TEXT"))
+            for index in tasks.indexes:
+                index.create(db, checkfirst=True)
+
+    def _insert(self, table: sa.Table):
+        return (sqlite if self.sqlite else postgresql).insert(table)
 
     # ------------------------------------------------------------------ tasks
 
@@ -151,163 +252,249 @@ class JobStore:
         """Reserve ``task_uuid`` with ``number_results`` results, all processing. False if the UUID is in use
         (by any task the store still holds, whatever its outcome)."""
         now = self.clock()
-        with self._transaction() as db:
-            try:
-                db.execute("INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           (task_uuid, task_type, model, PROCESSING, number_results, webhook_url, now,
-                            now + retain_seconds))
-            except sqlite3.IntegrityError:
+        with self.engine.begin() as db:
+            created = db.execute(self._insert(tasks).values(
+                task_uuid=task_uuid, task_type=task_type, model=model, status=PROCESSING,
+                number_results=number_results, webhook_url=webhook_url, created=now,
+                retain_until=now + retain_seconds, owner=self.owner).on_conflict_do_nothing()
+                .returning(tasks.c.task_uuid)).first()
+            if created is None:
                 return False
-            db.executemany("INSERT INTO results (task_uuid, result_index, status) VALUES (?, ?, ?)",
-                           [(task_uuid, i, PROCESSING) for i in range(number_results)])
+            db.execute(results.insert(), [{"task_uuid": task_uuid, "result_index": i, "status": PROCESSING}
+                                          for i in range(number_results)])
         return True
 
     def get_task(self, task_uuid: str) -> TaskRecord | None:
-        with self._transaction() as db:
-            row = db.execute("SELECT task_uuid, task_type, model, status, number_results, webhook_url, created "
-                             "FROM tasks WHERE task_uuid = ?", (task_uuid,)).fetchone()
-            if row is None:
-                return None
-            results = db.execute("SELECT result_index, status, body FROM results WHERE task_uuid = ? "
-                                 "ORDER BY result_index", (task_uuid,)).fetchall()
-        return TaskRecord(*row, results=[ResultRecord(i, s, None if b is None else json.loads(b))
-                                         for i, s, b in results])
+        # One statement, so the task and its results are one snapshot.
+        query = (sa.select(tasks.c.task_uuid, tasks.c.task_type, tasks.c.model, tasks.c.status,
+                           tasks.c.number_results, tasks.c.webhook_url, tasks.c.created,
+                           results.c.result_index, results.c.status, results.c.body)
+                 .select_from(tasks.outerjoin(results)).where(tasks.c.task_uuid == task_uuid)
+                 .order_by(results.c.result_index))
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as db:
+            rows = db.execute(query).all()
+        if not rows:
+            return None
+        return TaskRecord(*rows[0][:7], results=[ResultRecord(i, s, None if b is None else json.loads(b))
+                                                 for *_, i, s, b in rows if i is not None])
 
     def finish_result(self, task_uuid: str, index: int, *, status: str, body: dict[str, Any],
                       webhook_body: dict[str, Any] | None = None) -> None:
         """Record result ``index`` (``success`` or ``error``) once; with ``webhook_body`` and a webhook URL on the
         task, its delivery is queued in the same transaction, so a recorded result is always delivered."""
         now = self.clock()
-        with self._transaction() as db:
-            changed = db.execute("UPDATE results SET status = ?, body = ?, finished = ? WHERE task_uuid = ? AND "
-                                 "result_index = ? AND status = ?",
-                                 (status, json.dumps(body), now, task_uuid, index, PROCESSING)).rowcount
-            if not changed:
+        with self.engine.begin() as db:
+            # The task row is locked first, so that results finishing together settle the task in turn.
+            task = db.execute(sa.select(tasks.c.webhook_url).where(tasks.c.task_uuid == task_uuid)
+                              .with_for_update()).first()
+            if task is None or not self._record(db, task_uuid, index, status, body, now):
                 return
             if webhook_body is not None:
-                self._queue_webhook(db, task_uuid, webhook_body, now)
+                self._queue_webhook(db, task_uuid, task.webhook_url, webhook_body, now)
             self._settle(db, task_uuid)
 
+    def _record(self, db: sa.Connection, task_uuid: str, index: int, status: str, body: dict, now: float) -> bool:
+        """Result ``index`` recorded, unless it was already (False)."""
+        return bool(db.execute(results.update().where(
+            results.c.task_uuid == task_uuid, results.c.result_index == index, results.c.status == PROCESSING)
+            .values(status=status, body=json.dumps(body), finished=now)).rowcount)
+
+    @staticmethod
+    def _queue_webhook(db: sa.Connection, task_uuid: str, url: str | None, body: dict[str, Any], now: float) -> None:
+        if url:
+            db.execute(deliveries.insert().values(task_uuid=task_uuid, url=url, body=json.dumps(body),
+                                                  next_attempt=now))
+
+    @staticmethod
+    def _settle(db: sa.Connection, task_uuid: str) -> None:
+        statuses = set(db.scalars(sa.select(results.c.status).where(results.c.task_uuid == task_uuid)))
+        if PROCESSING not in statuses:
+            db.execute(tasks.update().where(tasks.c.task_uuid == task_uuid)
+                       .values(status=ERROR if ERROR in statuses else SUCCESS))
+
+    # ------------------------------------------------------------------ owners
+
+    def heartbeat(self) -> None:
+        """This owner is alive (registers it on the first call)."""
+        row = {"owner": self.owner, "machine": _machine(), "pid": os.getpid(), "heartbeat": self.clock()}
+        with self.engine.begin() as db:
+            db.execute(self._insert(owners).values(**row).on_conflict_do_update(
+                index_elements=[owners.c.owner], set_={"heartbeat": row["heartbeat"]}))
+
+    def release(self) -> None:
+        """This owner has stopped: its unfinished results may be failed at once (by the next store to look)."""
+        with self.engine.begin() as db:
+            db.execute(owners.delete().where(owners.c.owner == self.owner))
+
+    def live_owners(self) -> set[str]:
+        """The owners alive now: a heartbeat within ``owner_timeout``, and, on this machine, a process that exists."""
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as db:
+            return self._live_owners(db)
+
+    def _live_owners(self, db: sa.Connection) -> set[str]:
+        since = self.clock() - self.owner_timeout
+        machine = _machine()
+        return {owner for owner, on, pid in db.execute(
+                    sa.select(owners.c.owner, owners.c.machine, owners.c.pid).where(owners.c.heartbeat > since))
+                if on is None or on != machine or _process_exists(pid)}
+
     def fail_unfinished(self, error: Callable[[str, int], tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
-        """Fail every result still processing (a restart found them: their generation is gone). ``error(uuid,
+        """Fail every result still processing whose owner is gone (its generation is gone with it). ``error(uuid,
         index)`` gives the result's error body and its webhook body. Returns the UUIDs of the tasks touched."""
         now = self.clock()
-        with self._transaction() as db:
-            rows = db.execute("SELECT task_uuid, result_index FROM results WHERE status = ? "
-                              "ORDER BY task_uuid, result_index", (PROCESSING,)).fetchall()
-            for task_uuid, index in rows:
-                body, webhook_body = error(task_uuid, index)
-                db.execute("UPDATE results SET status = ?, body = ?, finished = ? WHERE task_uuid = ? AND "
-                           "result_index = ?", (ERROR, json.dumps(body), now, task_uuid, index))
-                self._queue_webhook(db, task_uuid, webhook_body, now)
-            touched = sorted({task_uuid for task_uuid, _ in rows})
-            for task_uuid in touched:
+        touched = []
+        with self.engine.begin() as db:
+            live = self._live_owners(db)
+            leftovers = db.execute(sa.select(tasks.c.task_uuid, tasks.c.owner).where(tasks.c.status == PROCESSING)
+                                   .order_by(tasks.c.task_uuid)).all()
+            for task_uuid, owner in leftovers:
+                if owner in live:
+                    continue
+                # Locked like finish_result does; a task another store is failing (or its owner finishing) right
+                # now is skipped, and looked at again on the next round if still unfinished.
+                task = db.execute(sa.select(tasks.c.webhook_url).where(tasks.c.task_uuid == task_uuid)
+                                  .with_for_update(skip_locked=True)).first()
+                if task is None:
+                    continue
+                open_results = db.scalars(sa.select(results.c.result_index).where(
+                    results.c.task_uuid == task_uuid, results.c.status == PROCESSING)
+                    .order_by(results.c.result_index)).all()
+                for index in open_results:
+                    body, webhook_body = error(task_uuid, index)
+                    if self._record(db, task_uuid, index, ERROR, body, now):
+                        self._queue_webhook(db, task_uuid, task.webhook_url, webhook_body, now)
                 self._settle(db, task_uuid)
+                if open_results:
+                    touched.append(task_uuid)
         return touched
-
-    @staticmethod
-    def _queue_webhook(db: sqlite3.Connection, task_uuid: str, body: dict[str, Any], now: float) -> None:
-        row = db.execute("SELECT webhook_url FROM tasks WHERE task_uuid = ?", (task_uuid,)).fetchone()
-        if row is not None and row[0]:
-            db.execute("INSERT INTO deliveries (task_uuid, url, body, next_attempt) VALUES (?, ?, ?, ?)",
-                       (task_uuid, row[0], json.dumps(body), now))
-
-    @staticmethod
-    def _settle(db: sqlite3.Connection, task_uuid: str) -> None:
-        statuses = {s for (s,) in db.execute("SELECT status FROM results WHERE task_uuid = ?", (task_uuid,))}
-        if PROCESSING not in statuses:
-            db.execute("UPDATE tasks SET status = ? WHERE task_uuid = ?",
-                       (ERROR if ERROR in statuses else SUCCESS, task_uuid))
 
     # ------------------------------------------------------------------ files
 
     def add_file(self, file_id: str, *, task_uuid: str, path: str, content_type: str, expires: float) -> None:
-        with self._transaction() as db:
-            db.execute("INSERT INTO files VALUES (?, ?, ?, ?, ?)", (file_id, task_uuid, path, content_type, expires))
+        with self.engine.begin() as db:
+            db.execute(files.insert().values(file_id=file_id, task_uuid=task_uuid, path=path,
+                                             content_type=content_type, expires=expires))
 
     def get_file(self, file_id: str) -> FileRecord | None:
         """The file, unless it is unknown or expired."""
-        with self._transaction() as db:
-            row = db.execute("SELECT file_id, task_uuid, path, content_type, expires FROM files WHERE file_id = ? "
-                             "AND expires > ?", (file_id, self.clock())).fetchone()
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as db:
+            row = db.execute(sa.select(files).where(files.c.file_id == file_id,
+                                                    files.c.expires > self.clock())).first()
         return None if row is None else FileRecord(*row)
 
     # ------------------------------------------------------------------ webhook deliveries
 
     def due_deliveries(self, limit: int = 32) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest first."""
-        with self._transaction() as db:
-            rows = db.execute("SELECT id, task_uuid, url, body, attempts FROM deliveries WHERE state = 'pending' "
-                              "AND next_attempt <= ? ORDER BY next_attempt, id LIMIT ?",
-                              (self.clock(), limit)).fetchall()
+        """Claim the pending deliveries whose next attempt is due, oldest first: they are not due again (for any
+        store) for ``delivery_lease`` seconds, unless :meth:`delivery_failed` says when."""
+        now = self.clock()
+        with self.engine.begin() as db:
+            rows = db.execute(sa.select(deliveries.c.id, deliveries.c.task_uuid, deliveries.c.url, deliveries.c.body,
+                                        deliveries.c.attempts)
+                              .where(deliveries.c.state == "pending", deliveries.c.next_attempt <= now)
+                              .order_by(deliveries.c.next_attempt, deliveries.c.id).limit(limit)
+                              .with_for_update(skip_locked=True)).all()
+            if rows:
+                db.execute(deliveries.update().where(deliveries.c.id.in_([r.id for r in rows]))
+                           .values(next_attempt=now + self.delivery_lease))
         return [Delivery(i, u, url, json.loads(b), a) for i, u, url, b, a in rows]
 
     def next_delivery_time(self) -> float | None:
-        with self._transaction() as db:
-            row = db.execute("SELECT MIN(next_attempt) FROM deliveries WHERE state = 'pending'").fetchone()
-        return row[0]
+        with self.engine.connect().execution_options(sqlite_begin="DEFERRED") as db:
+            return db.scalar(sa.select(sa.func.min(deliveries.c.next_attempt)).where(deliveries.c.state == "pending"))
 
     def delivery_done(self, delivery_id: int) -> None:
-        with self._transaction() as db:
-            db.execute("UPDATE deliveries SET state = 'done', attempts = attempts + 1 WHERE id = ?", (delivery_id,))
+        with self.engine.begin() as db:
+            db.execute(deliveries.update().where(deliveries.c.id == delivery_id)
+                       .values(state="done", attempts=deliveries.c.attempts + 1))
 
     def delivery_failed(self, delivery_id: int, error: str, retry_at: float | None) -> None:
         """One failed attempt; tried again at ``retry_at``, or given up for good when it is None."""
-        with self._transaction() as db:
-            db.execute("UPDATE deliveries SET attempts = attempts + 1, last_error = ?, state = ?, "
-                       "next_attempt = COALESCE(?, next_attempt) WHERE id = ?",
-                       (error, "pending" if retry_at is not None else "failed", retry_at, delivery_id))
+        with self.engine.begin() as db:
+            db.execute(deliveries.update().where(deliveries.c.id == delivery_id).values(
+                attempts=deliveries.c.attempts + 1, last_error=error,
+                state="pending" if retry_at is not None else "failed",
+                next_attempt=deliveries.c.next_attempt if retry_at is None else retry_at))
 
     # ------------------------------------------------------------------ expiry
 
     def sweep(self) -> list[str]:
-        """Forget expired files and finished tasks past their retention (with their results and deliveries);
-        returns the paths of the forgotten files, for the caller to delete."""
+        """Forget expired files and finished tasks past their retention (with their results and deliveries), and
+        owners long gone; returns the paths of the forgotten files, for the caller to delete (each path to one
+        caller only, however many stores sweep)."""
         now = self.clock()
-        with self._transaction() as db:
-            paths = [p for (p,) in db.execute("SELECT path FROM files WHERE expires <= ?", (now,))]
-            db.execute("DELETE FROM files WHERE expires <= ?", (now,))
-            old = "SELECT task_uuid FROM tasks WHERE retain_until <= ? AND status != ?"
-            db.execute(f"DELETE FROM deliveries WHERE state != 'pending' AND task_uuid IN ({old})", (now, PROCESSING))
-            db.execute(f"DELETE FROM results WHERE task_uuid IN ({old})", (now, PROCESSING))
-            db.execute("DELETE FROM tasks WHERE retain_until <= ? AND status != ? AND task_uuid NOT IN "
-                       "(SELECT task_uuid FROM deliveries)", (now, PROCESSING))
+        with self.engine.begin() as db:
+            paths = list(db.scalars(files.delete().where(files.c.expires <= now).returning(files.c.path)))
+            old = sa.select(tasks.c.task_uuid).where(tasks.c.retain_until <= now, tasks.c.status != PROCESSING)
+            db.execute(deliveries.delete().where(deliveries.c.state != "pending", deliveries.c.task_uuid.in_(old)))
+            db.execute(results.delete().where(results.c.task_uuid.in_(old)))
+            db.execute(tasks.delete().where(tasks.c.retain_until <= now, tasks.c.status != PROCESSING,
+                                            tasks.c.task_uuid.not_in(sa.select(deliveries.c.task_uuid))))
+            # Their tasks are failed already or will be: an owner without a row is gone all the same.
+            db.execute(owners.delete().where(owners.c.heartbeat <= now - 10 * self.owner_timeout))
         return paths
 
     # ------------------------------------------------------------------ quota
 
     def take_quota(self, key: str, day: str, limit: int) -> bool:
         """Count one use of ``key`` on ``day``; False (and nothing counted) when ``limit`` uses were made."""
-        with self._transaction() as db:
-            row = db.execute("SELECT count FROM usage WHERE key = ? AND day = ?", (key, day)).fetchone()
-            if row is not None and row[0] >= limit:
-                return False
-            db.execute("INSERT INTO usage VALUES (?, ?, 1) ON CONFLICT (key, day) DO UPDATE SET count = count + 1",
-                       (key, day))
-            db.execute("DELETE FROM usage WHERE day < ?", (_days_ago(day, 7),))
+        if limit <= 0:
+            return False
+        with self.engine.begin() as db:
+            # One conditional upsert: concurrent requests (on any replica) never count past the limit.
+            insert = self._insert(usage).values(key=key, day=day, count=1)
+            counted = db.execute(insert.on_conflict_do_update(
+                index_elements=[usage.c.key, usage.c.day], set_={"count": usage.c.count + 1},
+                where=usage.c.count < limit).returning(usage.c.count)).first()
+            db.execute(usage.delete().where(usage.c.day < _days_ago(day, 7)))
+        return counted is not None
+
+
+def _sqlite_connect(connection: Any, _record: Any) -> None:
+    # The driver's own transaction handling off: _sqlite_begin starts each transaction.
+    connection.isolation_level = None
+    connection.execute("PRAGMA journal_mode=WAL")
+    # WAL with NORMAL: a commit survives a crash of the process; a power cut may lose the last commits.
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.execute("PRAGMA foreign_keys=ON")
+
+
+def _sqlite_begin(connection: sa.Connection) -> None:
+    # IMMEDIATE takes the write lock at once: two deferred transactions that both go on to write would fail
+    # with "database is locked" instead of waiting. Reads ask for DEFERRED (WAL readers wait for nobody).
+    connection.exec_driver_sql(f"BEGIN {connection.get_execution_options().get('sqlite_begin', 'IMMEDIATE')}")
+
+
+_machine_id: str | None = None
+_machine_lock = threading.Lock()
+
+
+def _machine() -> str:
+    """This process's machine and process-id namespace: where its process ids mean what they say (the host name
+    alone is shared by containers with the host's network, which have their own process ids)."""
+    global _machine_id
+    with _machine_lock:
+        if _machine_id is None:
+            parts = [socket.gethostname()]
+            try:
+                parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+                parts.append(os.readlink("/proc/self/ns/pid"))
+            except OSError:  # not Linux: no namespace to tell containers apart, so no process checks
+                parts.append(uuid.uuid4().hex)
+            _machine_id = " ".join(parts)
+        return _machine_id
+
+
+def _process_exists(pid: int | None) -> bool:
+    if pid is None or pid == os.getpid():
         return True
-
-
-class _Transaction:
-    """``with``: the store's lock and one SQLite transaction (committed, or rolled back on an exception)."""
-
-    def __init__(self, db: sqlite3.Connection, lock: threading.Lock):
-        self._db, self._lock = db, lock
-
-    def __enter__(self) -> sqlite3.Connection:
-        self._lock.acquire()
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-        except BaseException:
-            self._lock.release()
-            raise
-        return self._db
-
-    def __exit__(self, kind, exc, tb) -> None:
-        try:
-            self._db.execute("COMMIT" if kind is None else "ROLLBACK")
-        finally:
-            self._lock.release()
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _days_ago(day: str, days: int) -> str:
