@@ -4,7 +4,7 @@ A recorded step (a CUDA graph, or the trace mode of models/graphs.py) replays ev
 dispatched; at small batch sizes on a GPU the step time is set by how many there are, not by their arithmetic.
 This script builds each real configuration with its weights on the ``meta`` device (shapes only: nothing is
 allocated or downloaded), runs one bucketed decode step of the generator under the trace mode and counts the
-recorded operators that are not views (a view launches no kernel). The count is split by where the operator
+recorded operators that launch a kernel (not views, nor a ``to`` that changes nothing). The count is split by where the operator
 comes from: the model's layers (per layer, from a model with one layer fewer), the random hash, the rest of
 sampling, and the step's own bookkeeping. A second column, if ``--before`` names an earlier run's JSON, shows
 those counts beside the new ones.
@@ -31,7 +31,7 @@ from faster_dia.models.dia1.model import Dia1Model
 from faster_dia.models.dia2.config import Dia2Config
 from faster_dia.models.dia2.generator import Dia2Generator, Dia2StepShape
 from faster_dia.models.dia2.model import Dia2Model
-from faster_dia.models.graphs import TRACE, StepRunner
+from faster_dia.models.graphs import TRACE, StepRunner, launches_kernel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "ops.json"
@@ -54,7 +54,7 @@ CASES = {
 class _Classifier(TorchDispatchMode):
     """Counts non-view operators by the innermost step part on the Python stack."""
 
-    PARTS = (("uniform_noise", "hash"), ("choose_tokens", "sampling"), ("choose", "sampling"),
+    PARTS = (("_mix32", "hash"), ("candidate_noise", "hash"), ("choose_tokens", "sampling"), ("choose", "sampling"),
              ("depformer_step", "depformer"), ("decode", "transformer"))
 
     def __init__(self):
@@ -62,14 +62,15 @@ class _Classifier(TorchDispatchMode):
         self.counts: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view:
+        out = func(*args, **(kwargs or {}))
+        if launches_kernel(func, args, out):
             names = set()
             frame = sys._getframe(1)
             while frame is not None:
                 names.add(frame.f_code.co_name)
                 frame = frame.f_back
             self.counts[next((part for name, part in self.PARTS if name in names), "step")] += 1
-        return func(*args, **(kwargs or {}))
+        return out
 
 
 def _dia1(overrides: dict, batch: int, layers_less: int = 0) -> tuple[Dia1Generator, StepShape]:

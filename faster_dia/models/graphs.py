@@ -110,7 +110,7 @@ class StepRunner:
         replay = self._recorded[shape]
         if self.mode != TRACE:
             raise ValueError("operators are counted in the trace mode only")
-        return sum(not func.is_view for func, *_ in replay.__self__._ops)
+        return replay.__self__.kernels
 
     def run(self, shape: Hashable, step: Callable[[], None]) -> None:
         """Run one step. ``step`` must read and write only persistent device buffers and depend on no host value
@@ -173,6 +173,7 @@ class _Tape(TorchDispatchMode):
         self._made: dict[int, int] = {}  # id of a tensor made by the step -> its result slot
         self._slots = 0
         self._alive: list[torch.Tensor] = []  # keeps ids unique while recording
+        self.kernels = 0  # recorded operators that are not views (see launches_kernel)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -181,6 +182,7 @@ class _Tape(TorchDispatchMode):
         if problem:
             raise NotCapturableError(f"the step {problem} ({name})")
         out = func(*args, **kwargs)
+        self.kernels += launches_kernel(func, args, out)
         flat, spec = tree_flatten((args, kwargs))
         refs = []
         for leaf in flat:
@@ -228,6 +230,18 @@ class _NoHostData(TorchFunctionMode):
             raise NotCapturableError(f"the step calls {getattr(func, '__name__', func)}, which moves data between "
                                      "host and device")
         return func(*args, **(kwargs or {}))
+
+
+def launches_kernel(func, args: tuple, out) -> bool:
+    """Whether a dispatched operator does device work: not an allocation, not a view, and not an operator that may
+    alias (such as ``aten.to``) returning its input unchanged."""
+    if str(func).startswith(("aten.empty.", "aten.empty_strided.", "aten.empty_like.")):
+        return False
+    if not func.is_view:
+        return True
+    first = next((a for a in tree_flatten(args)[0] if isinstance(a, torch.Tensor)), None)
+    outputs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
+    return first is None or not all(torch._C._is_alias_of(o, first) for o in outputs)
 
 
 def _capture_problem(name: str, args: tuple) -> str | None:

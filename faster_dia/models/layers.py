@@ -36,19 +36,26 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, *, written_out: 
 
     Below float32, ``written_out`` computes the statistics as mean/rsqrt (the Dia-1.6B reference's form) instead
     of torch's rms_norm on a float32 copy; the two agree on CPU, but CUDA's fused kernel may round differently,
-    so each family keeps the form it was checked with."""
+    so each family keeps the form it was checked with. Either way the last product is written straight into a
+    tensor of the compute dtype (computed in float32, rounded once on the store, as ``.to()`` would): one kernel
+    fewer per norm."""
     if x.dtype == torch.float32 and weight.shape == x.shape[-1:]:
         return F.rms_norm(x, weight.shape, weight, eps)  # one fused op; same values as the long form
     xf = x.float()
     if written_out:
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-        return (weight.float() * xf).to(x.dtype)
-    return (F.rms_norm(xf, x.shape[-1:], eps=eps) * weight).to(x.dtype)
+        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        normed = F.rms_norm(xf, x.shape[-1:], eps=eps)
+    if x.dtype == torch.float32:
+        return normed * weight
+    # weight * normed == normed * weight exactly (float products commute)
+    return torch.mul(normed, weight, out=torch.empty(normed.shape, dtype=x.dtype, device=x.device))
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Attention with scale 1.0 and grouped key/value heads. q: [R, H, T, D]; k, v: [R, KV, S, D]; mask: bool
-    broadcastable to [R, 1, T, S] (True = may attend), or None for "every key". Returns [R, H, T, D].
+    broadcastable to [R, 1, T, S] (True = may attend), an additive float bias of that shape (0 or -inf, see
+    :func:`attention_bias`), or None for "every key". Returns [R, H, T, D].
 
     For the one-query decode step this is written out (query heads grouped onto their key/value head, two matrix
     products and a float32 softmax): on CPU it runs about twice as fast as the fused kernel, and on GPUs the step
@@ -59,16 +66,35 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0, enable_gqa=H != kv)
     grouped = q.reshape(R, kv, H // kv, D)  # query heads g*j … g*j+g-1 share key/value head j
     scores = grouped @ k.transpose(-1, -2)
-    if mask is not None:
+    if mask is not None and mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask.view(R, 1, 1, -1), float("-inf"))
+    elif mask is not None:
+        # + 0 leaves a finite score exactly as it is, + -inf is what masked_fill writes: the same scores.
+        scores = scores + mask.view(R, 1, 1, -1)
     out = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype) @ v
     return out.view(R, H, 1, D)
+
+
+def attention_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean mask (True = may attend) as the additive bias :func:`attend` takes: 0 where allowed, -inf
+    elsewhere, in ``dtype``. A decode step builds it once and every layer adds it (one operator a layer instead
+    of inverting the mask and filling)."""
+    return torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
 def causal_mask(positions: torch.Tensor, kv_length: int) -> torch.Tensor:
     """[R, 1, T, kv_length] bool: the query at ``positions[r, t]`` may attend to cache positions up to its own."""
     key_positions = torch.arange(kv_length, device=positions.device)
     return (key_positions[None, None, :] <= positions[:, :, None])[:, None]
+
+
+def step_mask(allowed: torch.Tensor, queries: int) -> torch.Tensor:
+    """The mask a pass with ``queries`` queries per row passes to every layer's :func:`attend`, built once: for
+    one query the additive bias (in float32: adding it to lower-precision scores gives the float32 scores the
+    softmax reads anyway), otherwise the boolean mask as it is (the fused kernel takes it)."""
+    if queries == 1:
+        return attention_bias(allowed, torch.float32)
+    return allowed
 
 
 def cache_write_rows(rows: torch.Tensor | slice, cache_rows: int, positions: torch.Tensor) -> torch.Tensor:
@@ -103,6 +129,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """A sin table with its first half negated, as :func:`apply_rope_signed` takes it (made once with the table)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_rope_signed(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` in four operators instead of five, with the same values: the halves swap in one roll,
+    and the sign of the rotated first half lives in the table (-a * b == a * -b exactly, rounding included)."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
 
 
 def activation(name: str) -> Activation:

@@ -18,7 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..layers import apply_rope, attend, cache_write_rows, causal_mask, gated_mlp, rope_cos_sin
+from ..layers import (
+    apply_rope,
+    apply_rope_signed,
+    attend,
+    cache_write_rows,
+    causal_mask,
+    gated_mlp,
+    rope_cos_sin,
+    signed_sin,
+    step_mask,
+)
 from ..layers import rms_norm as _rms_norm
 from .config import Dia1Config
 
@@ -153,13 +163,15 @@ class Dia1Model(nn.Module):
         return self.text_embedding.device
 
     def _rope_table(self, positions: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin for decoder ``positions`` [R, T] -> [R, T, 1, head_dim], from a table built once (same
-        arithmetic as computing them on the fly, so the values are identical)."""
+        """cos and signed sin (see layers.apply_rope_signed) for decoder ``positions`` [R, T] -> [R, T, 1,
+        head_dim], from a table built once (same arithmetic as computing them on the fly, so the values are
+        identical)."""
         tables = self.__dict__.setdefault("_rope_tables", {})
         key = (head_dim, positions.device)
         if key not in tables:
             every = torch.arange(self.config.audio_length, device=positions.device)
-            tables[key] = rope_cos_sin(every, head_dim, self.config.rope_theta, self.dtype)
+            cos, sin = rope_cos_sin(every, head_dim, self.config.rope_theta, self.dtype)
+            tables[key] = cos, signed_sin(sin)
         cos, sin = tables[key]
         return cos[positions][:, :, None], sin[positions][:, :, None]
 
@@ -250,17 +262,17 @@ class Dia1Model(nn.Module):
         x = F.embedding(tokens + self.channel_offsets, self.audio_embedding).sum(dim=2)
         nq, nkv, hd = c.decoder_heads, c.decoder_kv_heads, c.decoder_head_dim
         cq, chd = c.cross_heads, c.cross_head_dim
+        # Built once and shared by every layer: RoPE tables, masks (an additive bias for one query per row).
         cos, sin = self._rope_table(positions, hd)
-        if c.cross_attention_rope:
-            ccos, csin = self._rope_table(positions, chd)
-        self_mask = causal_mask(positions, kv_length)
-        cross_mask = cache.cross_mask[rows, :text_length][:, None, None, :]  # [R, 1, 1, S]
+        ccos, csin = (cos, sin) if chd == hd else self._rope_table(positions, chd)
+        self_mask = step_mask(causal_mask(positions, kv_length), T)
+        cross_mask = step_mask(cache.cross_mask[rows, :text_length][:, None, None, :], T)  # [R, 1, 1, S]
         write_rows = cache_write_rows(rows, cache.rows, positions)
 
         for i, layer in enumerate(self.dec_layers):
             h = rms_norm(x, layer.self_norm, c.norm_eps)
             qkv = F.linear(h, layer.self_qkv).view(R, T, nq + 2 * nkv, hd)
-            qk = apply_rope(qkv[:, :, : nq + nkv], cos, sin)
+            qk = apply_rope_signed(qkv[:, :, : nq + nkv], cos, sin)
             q = qk[:, :, :nq].transpose(1, 2)
             cache.self_k[i][write_rows, :, positions] = qk[:, :, nq:]
             cache.self_v[i][write_rows, :, positions] = qkv[:, :, nq + nkv :]
@@ -272,7 +284,7 @@ class Dia1Model(nn.Module):
             h = rms_norm(x, layer.cross_norm, c.norm_eps)
             q = F.linear(h, layer.cross_q).view(R, T, cq, chd)
             if c.cross_attention_rope:
-                q = apply_rope(q, ccos, csin)
+                q = apply_rope_signed(q, ccos, csin)
             q = q.transpose(1, 2)
             keys = cache.cross_k[i][rows, :, :text_length]
             values = cache.cross_v[i][rows, :, :text_length]

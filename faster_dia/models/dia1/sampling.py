@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from ..random import uniform_noise
+from ..random import exponential_race, ranks, uniform_noise
 from .config import VARIANT_ORIGINAL
 
 NEG_INF = float("-inf")
@@ -62,7 +62,7 @@ def choose_tokens(
         # those candidates are what gets sampled.
         ids = guided.topk(k, dim=-1).indices
         values = cond.gather(-1, ids).masked_fill(invalid[None].expand(B, C, V).gather(-1, ids), NEG_INF)
-    values = values.masked_fill(_ranks(k, cond.device) >= top_k.view(-1, 1, 1), NEG_INF)
+    values = values.masked_fill(ranks(k, cond.device) >= top_k.view(-1, 1, 1), NEG_INF)
 
     # EOS in channel 0 only when it is the best candidate; 0626 then forces it.
     best = values.argmax(dim=-1, keepdim=True)
@@ -79,10 +79,9 @@ def choose_tokens(
     scaled = values / temperature.clamp_min(1e-6).view(-1, 1, 1)
     scaled = _keep_top_p(scaled, top_p)
     probs = scaled.softmax(dim=-1)
-    # Exponential race: argmax(p / E) with E ~ Exp(1) draws index i with probability p_i. The noise is keyed
-    # by token id, so a draw does not depend on the candidate order or on the batch.
-    race = probs / -torch.log(uniform_noise(keys, positions, ids))
-    sampled = ids.gather(-1, race.argmax(dim=-1, keepdim=True))[..., 0]
+    # Exponential race. The noise is keyed by token id, so a draw does not depend on the candidate order or on
+    # the batch.
+    sampled = ids.gather(-1, exponential_race(probs, uniform_noise(keys, positions, ids)))[..., 0]
     return torch.where((temperature == 0).view(-1, 1), greedy, sampled)
 
 
@@ -93,11 +92,6 @@ def _channel_masks(C: int, V: int, eos_token_id: int, device: torch.device) -> t
     vocab = torch.arange(V, device=device)
     channel0 = torch.arange(C, device=device)[:, None] == 0
     return torch.where(channel0, vocab > eos_token_id, vocab >= eos_token_id), channel0
-
-
-@functools.cache
-def _ranks(k: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(k, device=device)
 
 
 def _keep_top_p(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:

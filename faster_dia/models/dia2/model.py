@@ -25,13 +25,15 @@ from torch import nn
 from ..layers import (
     KVCache,
     activation,
-    apply_rope,
+    apply_rope_signed,
     attend,
     cache_write_rows,
     causal_mask,
     gated_mlp,
     rms_norm,
     rope_cos_sin,
+    signed_sin,
+    step_mask,
 )
 from .config import Dia2Config
 
@@ -232,13 +234,14 @@ class Dia2Model(nn.Module):
     def _rope_tables(
         self, length: int, head_dim: int, dtype: torch.dtype, device: torch.device
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin [length, head_dim] for positions 0..length-1, with the reference's float32 arithmetic so the
-        values match it exactly where both exist."""
+        """cos and signed sin (see layers.apply_rope_signed) [length, head_dim] for positions 0..length-1, with
+        the reference's float32 arithmetic so the values match it exactly where both exist."""
         c = self.config
         positions = torch.arange(length, device=device)
-        return rope_cos_sin(
+        cos, sin = rope_cos_sin(
             positions, head_dim, c.rope_max_timescale, dtype, min_timescale=c.rope_min_timescale
         )
+        return cos, signed_sin(sin)
 
     def _set_rope(self, length: int, device: str | torch.device) -> None:
         cos, sin = self._rope_tables(length, self.config.decoder_head_dim, self.dtype, torch.device(device))
@@ -285,7 +288,7 @@ class Dia2Model(nn.Module):
         R, T, _ = x.shape
         H, KV = c.decoder_heads, c.decoder_kv_heads
         qkv = F.linear(rms_norm(x, layer.attn_norm, c.norm_eps), layer.qkv).view(R, T, H + 2 * KV, -1)
-        qk = apply_rope(rms_norm(qkv[:, :, : H + KV], layer.qk_norm, c.norm_eps), cos, sin)
+        qk = apply_rope_signed(rms_norm(qkv[:, :, : H + KV], layer.qk_norm, c.norm_eps), cos, sin)
         return qk[:, :, :H].transpose(1, 2), qk[:, :, H:], qkv[:, :, H + KV :]
 
     def _finish(self, layer: nn.Module, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -341,7 +344,7 @@ class Dia2Model(nn.Module):
         entries = positions if cache_entries is None else cache_entries
         x = self.embed(text_main, text_second, audio)
         cos, sin = self._rope(positions, cache.max_positions)
-        mask = causal_mask(entries, kv_length)
+        mask = step_mask(causal_mask(entries, kv_length), entries.shape[1])  # built once, read by every layer
         write_rows = cache_write_rows(rows, cache.rows, entries)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x, cos, sin)
@@ -425,7 +428,7 @@ class Dia2Model(nn.Module):
         qkv = qkv.view(R, S, 3 * H, -1)
         qk = rms_norm(qkv[:, :, : 2 * H], layer.qk_norm, c.norm_eps)
         if c.depformer_apply_rope:
-            qk = apply_rope(qk, cos, sin)
+            qk = apply_rope_signed(qk, cos, sin)
         return qk[:, :, :H].transpose(1, 2), qk[:, :, H:], qkv[:, :, 2 * H :]
 
     def depformer_step(
