@@ -112,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     hosted.add_argument("--data-dir", type=Path, default=None,
                         help="job store and result files (default $FASTER_DIA_DATA_DIR or "
                              "~/.local/share/faster-dia/server)")
+    hosted.add_argument("--database", default=None, metavar="URL",
+                        help="job store database: postgresql://user:password@host/db (shared by replicas, which "
+                             "must share --data-dir too) or sqlite:///path (default $FASTER_DIA_DATABASE or "
+                             "tasks.sqlite3 in the data directory)")
     hosted.add_argument("--allow-outbound", action="append", default=[], metavar="CIDR",
                         help="let webhooks, uploads and audio URLs reach this non-public network (repeatable)")
     hosted.add_argument("--price-per-audio-second", type=float, default=0.0, metavar="PRICE",
@@ -324,7 +328,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _hosted_options(args: argparse.Namespace) -> dict:
     """The task API's options of ``serve``, checked (the data directory made) before any model loads."""
-    from .server.hosted import default_data_dir
+    import os
+
+    from .server.hosted import DATABASE_ENV, default_data_dir
+    from .server.jobstore import JobStore
     from .server.outbound import parse_networks
     from .server.pricing import Pricing
 
@@ -334,6 +341,9 @@ def _hosted_options(args: argparse.Namespace) -> dict:
     except OSError as exc:
         raise FasterDiaError(f"Cannot use {data_dir or default_data_dir()} as the data directory: "
                              f"{exc.strerror or exc}.") from exc
+    database = getattr(args, "database", None) or os.environ.get(DATABASE_ENV) or None
+    if database is not None:
+        JobStore(database).close()  # reachable, with its tables made: the error now, not after loading
     allow = getattr(args, "allow_outbound", [])
     parse_networks(allow)
     quota = getattr(args, "quota", None)
@@ -341,7 +351,7 @@ def _hosted_options(args: argparse.Namespace) -> dict:
         raise FasterDiaError("--quota must be 0 or more.")
     pricing = Pricing(per_audio_second=getattr(args, "price_per_audio_second", 0.0),
                       per_gpu_second=getattr(args, "price_per_gpu_second", 0.0))
-    return {"data_dir": data_dir, "allow_outbound": allow, "pricing": pricing, "quota": quota}
+    return {"data_dir": data_dir, "database": database, "allow_outbound": allow, "pricing": pricing, "quota": quota}
 
 
 def _open_when_ready(url: str, open_browser: bool) -> None:

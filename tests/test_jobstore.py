@@ -312,3 +312,52 @@ def test_a_database_that_cannot_be_used_is_named(tmp_path):
         with pytest.raises(InvalidInputError) as error:
             JobStore(target)
         assert words in error.value.message and "secret" not in error.value.message, error.value.message
+
+
+def test_replicas_share_the_store_and_fail_only_a_stopped_ones_work(database, tmp_path):  # noqa: F811
+    """Two servers' task API state (Hosted) on one database and data directory, with their background loops: a
+    starting replica leaves the other's running task alone, a file one writes the other serves, and when the
+    task's replica stops, the other fails the task and delivers its webhook, once."""
+    import asyncio
+    import time
+    from pathlib import Path
+
+    from receivers import Receiver
+    from servers import WAIT, running
+
+    from faster_dia.server.hosted import Hosted
+
+    async def until(condition, what: str):
+        deadline = time.monotonic() + WAIT
+        while not (value := await condition()):
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.02)
+        return value
+
+    async def settled(hosted):
+        task = await hosted.db(hosted.store.get_task, "t")
+        return task if task.status == ERROR else None
+
+    async def replicas(hook: str) -> None:
+        first, second = (Hosted(tmp_path, database=database, allow_outbound=["127.0.0.1/32"]) for _ in range(2))
+        for hosted in (first, second):
+            hosted.heartbeat_seconds = hosted.retry_seconds = 0.05
+        await first.start()
+        await first.db(first.store.create_task, "t", task_type="audioInference", model="dia", number_results=1,
+                       webhook_url=hook, retain_seconds=60)
+        await second.start()
+        await asyncio.sleep(0.2)  # a few heartbeat rounds of both
+        assert (await second.db(second.store.get_task, "t")).status == PROCESSING
+        file_id = await first.db(first.save_file, b"audio", task_uuid="t", extension=".mp3",
+                                 content_type="audio/mpeg", ttl=60)
+        assert Path((await second.db(second.store.get_file, file_id)).path).read_bytes() == b"audio"
+        await first.stop()
+        task = await until(lambda: settled(second), "the stopped replica's task to fail")
+        assert task.results[0].body["code"] == "serverRestarted"
+        await asyncio.sleep(0.2)  # time for a second delivery, were there one
+        await second.stop()
+
+    receiver = Receiver()
+    with running(receiver.app) as url:
+        asyncio.run(replicas(f"{url}/hook/replica"))
+    assert [hook["errors"][0]["code"] for hook in receiver.webhooks["replica"]] == ["serverRestarted"]

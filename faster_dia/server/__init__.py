@@ -34,6 +34,7 @@ def serve(
     voices: str | os.PathLike | None = None,
     asr_model: str | None = None,
     data_dir: str | os.PathLike | None = None,
+    database: str | None = None,
     allow_outbound: Iterable[str] = (),
     pricing: Pricing | None = None,
     quota: int | None = None,
@@ -51,7 +52,7 @@ def serve(
         registry.load_all()
     app = create_app(registry, api_keys=api_keys, chunk_seconds=chunk_seconds, default_seed=default_seed,
                      metrics_public=metrics_public, voices=voices, asr_model=asr_model, data_dir=data_dir,
-                     allow_outbound=allow_outbound, pricing=pricing, quota=quota,
+                     database=database, allow_outbound=allow_outbound, pricing=pricing, quota=quota,
                      allow_file_dir=allow_file_dir)
     host, port = sock.getsockname()[:2]
     log.info("serving %s on http://%s:%d", ", ".join(m.id for m in registry.models), host, port)

@@ -108,6 +108,7 @@ def create_app(
     asr_model: Any = None,
     voices: VoiceLibrary | str | os.PathLike | None = None,
     data_dir: str | os.PathLike | None = None,
+    database: str | None = None,
     allow_outbound: Iterable[str] = (),
     pricing: Pricing | None = None,
     quota: int | None = None,
@@ -125,7 +126,9 @@ def create_app(
     also transcribes voices and voice prompts given without a transcript. ``voices`` is the voice library (a
     directory or a :class:`~faster_dia.voices.VoiceLibrary`; default :func:`~faster_dia.voices.default_voices_dir`),
     shared by every hosted model. The task API (``/v1/tasks``) keeps its job store and result files in
-    ``data_dir`` (default :func:`~faster_dia.server.hosted.default_data_dir`); its webhooks, uploads and audio URLs
+    ``data_dir`` (default :func:`~faster_dia.server.hosted.default_data_dir`), the job store in ``database`` if
+    given (a URL: ``postgresql://...``, shared by replicas that share ``data_dir`` too; default
+    ``$FASTER_DIA_DATABASE``, else SQLite in ``data_dir``); its webhooks, uploads and audio URLs
     may reach non-public addresses only in the ``allow_outbound`` networks (CIDR); ``pricing`` prices its results;
     ``quota`` bounds ``/v1/dia`` requests per API key and day. Chat completions read ``file://`` audio URLs only
     under ``allow_file_dir`` (None: never).
@@ -145,7 +148,8 @@ def create_app(
     if not isinstance(voices, VoiceLibrary):
         voices = VoiceLibrary(voices)
     state.voices = voices
-    state.hosted = Hosted(data_dir, allow_outbound=allow_outbound, pricing=pricing, quota=quota)
+    state.hosted = Hosted(data_dir, database=database, allow_outbound=allow_outbound, pricing=pricing,
+                          quota=quota)
     registry.share(voices=voices, asr=state.asr)
 
     @contextlib.asynccontextmanager

@@ -8,6 +8,13 @@ would spend the GPU on work nobody may collect, and a task that crashed the serv
 every result still processing when the server starts is failed with ``serverRestarted`` (its webhook, if any,
 is told so), finished results are kept and served until their TTL, and webhook deliveries still pending are
 made. A client resends a failed task with a new ``taskUUID``.
+
+Several servers (replicas behind one proxy) may share the job store (a PostgreSQL ``database``) and the data
+directory (a path every replica reaches, like the voice library): a task is polled, its files served and its
+webhooks delivered by any replica. Each server is an owner in the store, alive while its heartbeat is fresh; a
+starting server fails only the unfinished results of owners that are gone (stopped, crashed on this machine, or
+silent for the store's ``owner_timeout``), and the others' running work goes on. Voice clips fetched for a task and
+files being written live in the owner's own scratch directory, removed once the owner is gone.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import time
 from collections.abc import Iterable
 from functools import partial
@@ -42,6 +50,8 @@ log = logging.getLogger("faster_dia.server")
 
 #: Environment variable naming the data directory.
 DATA_DIR_ENV = "FASTER_DIA_DATA_DIR"
+#: Environment variable with the job store's database URL (default: tasks.sqlite3 in the data directory).
+DATABASE_ENV = "FASTER_DIA_DATABASE"
 #: How long a finished task (its results, for polling) is kept; result files have their own TTL.
 TASK_RETENTION_SECONDS = 24 * 3600
 #: Webhook attempts before a delivery is given up, and the wait before the first retry (doubling, at most
@@ -53,6 +63,9 @@ MAX_RETRY_SECONDS = 300.0
 UPLOAD_ATTEMPTS = 3
 #: Seconds between sweeps for expired files and tasks.
 SWEEP_SECONDS = 60.0
+#: Seconds between heartbeats; each also fails the unfinished results of owners found gone (well within the
+#: store's owner timeout, so that a live server is never taken for gone).
+HEARTBEAT_SECONDS = 10.0
 
 
 def default_data_dir() -> Path:
@@ -66,28 +79,30 @@ def default_data_dir() -> Path:
 def restart_error(task_uuid: str) -> dict[str, Any]:
     """The error of a result that a restart found unfinished, in the task API's shape."""
     return {"code": "serverRestarted", "type": "serverError", "parameter": None, "taskUUID": task_uuid,
-            "message": "The server restarted while this result was being generated; send the task again with a new "
+            "message": "The server that was generating this result stopped; send the task again with a new "
                        "taskUUID."}
 
 
 class Hosted:
     """The hosted APIs' state, owned by the app; ``start`` and ``stop`` run in its lifespan.
 
-    One server per data directory: a second server starting on the same directory would fail the first one's
-    unfinished tasks as a restart does."""
+    ``database`` is the job store's URL (``postgresql://...`` or ``sqlite:///path``; default ``$FASTER_DIA_DATABASE``,
+    else ``tasks.sqlite3`` in the data directory). Servers that share a database must share the data directory."""
 
-    def __init__(self, data_dir: str | os.PathLike | None = None, *, allow_outbound: Iterable[str] = (),
-                 pricing: Pricing | None = None, quota: int | None = None):
+    def __init__(self, data_dir: str | os.PathLike | None = None, *, database: str | None = None,
+                 allow_outbound: Iterable[str] = (), pricing: Pricing | None = None, quota: int | None = None):
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
         self.files_dir = self.data_dir / "files"
-        self.scratch_dir = self.data_dir / "scratch"  # voice clips fetched for running tasks
+        self.scratch_root = self.data_dir / "scratch"
         try:
-            for directory in (self.files_dir, self.scratch_dir):
+            for directory in (self.files_dir, self.scratch_root):
                 directory.mkdir(parents=True, exist_ok=True)
-            self.store = JobStore(self.data_dir / "tasks.sqlite3")
         except OSError as exc:
             raise InvalidInputError(f"Cannot use {self.data_dir} as the data directory: {exc.strerror or exc}.",
                                     param="data_dir") from exc
+        self.store = JobStore(database or os.environ.get(DATABASE_ENV) or self.data_dir / "tasks.sqlite3")
+        # This server's voice clips fetched for running tasks, and result files being written.
+        self.scratch_dir = self.scratch_root / self.store.owner
         self.outbound = Outbound(allow_outbound)
         self.pricing = pricing or Pricing()
         if quota is not None and (isinstance(quota, bool) or not isinstance(quota, int) or quota < 0):
@@ -95,6 +110,7 @@ class Hosted:
         self.quota = quota
         self.retry_seconds = RETRY_SECONDS
         self.sweep_seconds = SWEEP_SECONDS
+        self.heartbeat_seconds = HEARTBEAT_SECONDS
         self.task_retention = TASK_RETENTION_SECONDS
         self._jobs: set[asyncio.Task] = set()
         self._loops: list[asyncio.Task] = []
@@ -110,24 +126,14 @@ class Hosted:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Fail the results a previous run left unfinished, then start delivering and sweeping."""
-        for leftover in self.scratch_dir.iterdir():
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-        for leftover in self.files_dir.glob(".partial-*"):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-
-        def failure(task_uuid: str, index: int) -> tuple[dict, dict]:
-            error = restart_error(task_uuid)
-            return error, {"errors": [error]}
-
-        failed = await self.db(self.store.fail_unfinished, failure)
-        if failed:
-            log.warning("tasks %s were unfinished when the server stopped; their open results failed",
-                        ", ".join(failed))
+        """Fail the results that gone owners (a previous run of this server among them) left unfinished, join the
+        live owners, then start delivering, sweeping and sending heartbeats."""
         self._wake = asyncio.Event()
-        self._loops = [asyncio.create_task(self._deliver_forever()), asyncio.create_task(self._sweep_forever())]
+        await self._fail_gone_owners()
+        await self.db(self.store.heartbeat)
+        await anyio.to_thread.run_sync(partial(self.scratch_dir.mkdir, exist_ok=True))
+        self._loops = [asyncio.create_task(self._deliver_forever()), asyncio.create_task(self._sweep_forever()),
+                       asyncio.create_task(self._heartbeat_forever())]
 
     async def stop(self) -> None:
         for task in [*self._loops, *self._jobs]:
@@ -135,7 +141,44 @@ class Hosted:
         for task in [*self._loops, *self._jobs]:
             with contextlib.suppress(BaseException):
                 await task
+        # Gone from now on: whatever this server left unfinished is failed by the next server to look (this one
+        # restarted, or another replica), without waiting out the owner timeout.
+        with contextlib.suppress(Exception):
+            await self.db(self.store.release)
         await self.outbound.aclose()  # the store stays open: an app may be started again
+
+    async def _fail_gone_owners(self) -> None:
+        def failure(task_uuid: str, index: int) -> tuple[dict, dict]:
+            error = restart_error(task_uuid)
+            return error, {"errors": [error]}
+
+        failed = await self.db(self.store.fail_unfinished, failure)
+        if failed:
+            log.warning("tasks %s were unfinished when the server running them stopped; their open results failed",
+                        ", ".join(failed))
+            self.wake_deliveries()
+        live = await self.db(self.store.live_owners)
+        await anyio.to_thread.run_sync(self._remove_gone_scratch, live)
+
+    def _remove_gone_scratch(self, live: set[str]) -> None:
+        """Remove the scratch directories of gone owners. One younger than the owner timeout is spared: its owner
+        may be starting, not yet heartbeating."""
+        young = time.time() - self.store.owner_timeout
+        for entry in self.scratch_root.iterdir():
+            if entry.name in live:
+                continue
+            with contextlib.suppress(OSError):
+                if entry.stat().st_mtime < young:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_seconds)
+            try:
+                await self.db(self.store.heartbeat)
+                await self._fail_gone_owners()
+            except Exception:
+                log.exception("the job store's heartbeat failed")
 
     def spawn(self, coroutine: Any) -> asyncio.Task:
         """Run a task's work in the background, kept referenced until it ends (cancelled at shutdown)."""
@@ -154,7 +197,7 @@ class Hosted:
         # nobody will delete.
         self.store.add_file(file_id, task_uuid=task_uuid, path=str(path), content_type=content_type,
                             expires=self.now() + ttl)
-        staging = self.files_dir / f".partial-{file_id}"
+        staging = self.scratch_dir / f"partial-{file_id}"  # same file system: the rename is atomic
         staging.write_bytes(data)
         os.replace(staging, path)
         return file_id
