@@ -5,16 +5,17 @@ restart does, and the credential forms those APIs accept.
 A restart does not resume unfinished tasks: their generation lived in the model's batch slots and is gone,
 the voice clips fetched for them were temporary, and the client may have moved on; re-running them unasked
 would spend the GPU on work nobody may collect, and a task that crashed the server would crash it again. So
-every result still processing when the server starts is failed with ``serverRestarted`` (its webhook, if any,
-is told so), finished results are kept and served until their TTL, and webhook deliveries still pending are
-made. A client resends a failed task with a new ``taskUUID``.
+every result a stopped server left processing is failed with ``serverRestarted`` (its webhook, if any, is told
+so) when a server starts (this one again, or another), finished results are kept and served until their TTL,
+and webhook deliveries still pending are made. A client resends a failed task with a new ``taskUUID``.
 
 Several servers (replicas behind one proxy) may share the job store (a PostgreSQL ``database``) and the data
 directory (a path every replica reaches, like the voice library): a task is polled, its files served and its
 webhooks delivered by any replica. Each server is an owner in the store, alive while its heartbeat is fresh; a
-starting server fails only the unfinished results of owners that are gone (stopped, crashed on this machine, or
-silent for the store's ``owner_timeout``), and the others' running work goes on. Voice clips fetched for a task and
-files being written live in the owner's own scratch directory, removed once the owner is gone.
+server fails, at start and with every heartbeat, only the unfinished results of owners that are gone (stopped,
+crashed on this machine, or silent for the store's ``owner_timeout``), so the others' running work goes on. Voice
+clips fetched for a task and files being written live in the owner's own scratch directory, removed once the owner
+is gone.
 """
 
 from __future__ import annotations

@@ -216,8 +216,9 @@ class JobStore:
                 sa.event.listen(self.engine, "begin", _sqlite_begin)
             else:
                 # pre_ping: a connection the server closed (a restart, an idle timeout) is replaced, not used.
-                self.engine = sa.create_engine(self.url, pool_pre_ping=True, pool_size=8, max_overflow=24,
-                                               connect_args={"connect_timeout": 10})
+                # The pool's default bound (15 connections) leaves room for several replicas within PostgreSQL's
+                # default 100.
+                self.engine = sa.create_engine(self.url, pool_pre_ping=True, connect_args={"connect_timeout": 10})
             self._create_schema()
         except ImportError as exc:
             raise InvalidInputError(f"The database {self.name} needs its driver: pip install 'faster-dia[postgres]' "
