@@ -23,10 +23,12 @@ class RequestBase:
 
 @dataclass(eq=False)
 class SlotStateBase:
-    """What every request's slot state has: its slot, its position (read from the generator's host copy),
-    whether it finished and how many of its frames are final."""
+    """What every request's slot state has: its slot (its handle while it runs), its row in the generator's
+    buffers (which a dense generator may change when another request leaves, see models/slots.py), its
+    position (read from the generator's host copy), whether it finished and how many of its frames are final."""
 
     slot: int
+    row: int = field(default=-1, kw_only=True)
     _positions: np.ndarray | None = field(default=None, kw_only=True, repr=False)
     _released_at: int | None = field(default=None, kw_only=True)
     #: Set by the generator's ``step`` when the request ends (each family's state declares it as a field).
@@ -37,7 +39,7 @@ class SlotStateBase:
         """The decoder position fed by the next step (frozen once the slot is released)."""
         if self._released_at is not None:
             return self._released_at
-        return int(self._positions[self.slot])
+        return int(self._positions[self.row])
 
     @property
     def final_frames(self) -> int:

@@ -75,6 +75,16 @@ class SlotState(SlotStateBase):
         return max(0, self.position - max(self._delays) - self.prompt_frames)
 
 
+@dataclass
+class _InFlight:
+    """A launched step whose done flags are on their way to the host: the rows it stepped, by the request
+    in each row when it was launched."""
+
+    event: torch.cuda.Event | None
+    flags: torch.Tensor
+    rows: list[tuple[int, SlotState]]
+
+
 @dataclass(frozen=True)
 class StepShape:
     """Everything the host decides about one step; the device step depends on nothing else."""
@@ -104,7 +114,9 @@ def min_new_tokens(config: Dia1Config) -> int:
 
 class Dia1Generator(SlotGenerator[SlotState]):
     """``step_mode`` is ``eager``, ``cuda-graphs`` or ``trace`` (see models/graphs.py); by default CUDA graphs on
-    CUDA and eager elsewhere."""
+    CUDA and eager elsewhere. Running requests occupy the lowest rows (models/slots.py)."""
+
+    dense = True
 
     def __init__(self, model: Dia1Model, *, max_batch: int, step_mode: str | None = None):
         self.model = model
@@ -133,6 +145,12 @@ class Dia1Generator(SlotGenerator[SlotState]):
         self._host_text_length = np.zeros(max_batch, dtype=np.int64)
         self._host_top_k = np.zeros(max_batch, dtype=np.int64)
         self._host_sampling = np.zeros(max_batch, dtype=bool)
+        # Steps launched whose results are not read yet, per row (see ``step``).
+        self._host_ahead = np.zeros(max_batch, dtype=np.int64)
+        self._row_arrays += [self._host_text_length, self._host_top_k, self._host_sampling, self._host_ahead]
+        self._done_host = [torch.zeros(max_batch, dtype=torch.bool, pin_memory=dev.type == "cuda") for _ in range(2)]
+        self._launches = 0
+        self._in_flight: _InFlight | None = None
         self.runner = StepRunner(step_mode or resolve_mode(dev, None))
 
     @staticmethod
@@ -218,38 +236,55 @@ class Dia1Generator(SlotGenerator[SlotState]):
         prompt_frames = 0 if request.prompt is None else int(request.prompt.shape[0])
         max_new = max_new_tokens_limit(c, prompt_frames) if request.max_new_tokens is None else int(request.max_new_tokens)
 
-        def fill(slot: int) -> SlotState:
-            self._fill_slot(slot, request, prompt_frames)
-            return self._start(slot, request, prompt_frames, max_new)
+        def fill(row: int) -> SlotState:
+            self._fill_slot(row, request, prompt_frames)
+            return self._start(row, request, prompt_frames, max_new)
 
         return self._claim(fill)
 
-    def _start(self, slot: int, request: Dia1Request, prompt_frames: int, max_new: int) -> SlotState:
-        """The slot's per-request parameters, on the device and in the host copies."""
+    def _start(self, row: int, request: Dia1Request, prompt_frames: int, max_new: int) -> SlotState:
+        """The row's per-request parameters, on the device and in the host copies."""
         c = self.config
-        self.position[slot] = prompt_frames
-        self.eos_position[slot] = _NO_EOS
-        self.limit_position[slot] = prompt_frames + max_new - c.max_delay
-        self.temperature[slot] = request.temperature
-        self.top_p[slot] = request.top_p
-        self.top_k[slot] = request.top_k
-        self.cfg_scale[slot] = request.cfg_scale
-        self.key[slot] = seed_key(request.seed)
-        self.active[slot] = True
+        self.position[row] = prompt_frames
+        self.eos_position[row] = _NO_EOS
+        self.limit_position[row] = prompt_frames + max_new - c.max_delay
+        self.temperature[row] = request.temperature
+        self.top_p[row] = request.top_p
+        self.top_k[row] = request.top_k
+        self.cfg_scale[row] = request.cfg_scale
+        self.key[row] = seed_key(request.seed)
+        self.active[row] = True
         text_length = _text_width(request)
-        self._host_position[slot] = prompt_frames
-        self._host_text_length[slot] = text_length
-        self._host_top_k[slot] = request.top_k
-        self._host_sampling[slot] = request.temperature > 0
+        self._host_position[row] = prompt_frames
+        self._host_ahead[row] = 0
+        self._host_text_length[row] = text_length
+        self._host_top_k[row] = request.top_k
+        self._host_sampling[row] = request.temperature > 0
         return SlotState(
-            request=request, slot=slot, prompt_frames=prompt_frames, text_length=text_length,
+            request=request, slot=row, row=row, prompt_frames=prompt_frames, text_length=text_length,
             _positions=self._host_position, _delays=c.delay_pattern,
         )
 
-    def _fill_slot(self, slot: int, request: Dia1Request, prompt_frames: int) -> None:
-        """Encoder, cross-attention cache and prompt prefill for a request entering ``slot``."""
+    def _move_row(self, src: int, dst: int) -> None:
+        """A request's state from row ``src`` into the free row ``dst``: its two cache rows (self-attention up
+        to its position, the cross-attention keys of its text), its tokens and per-request values."""
+        c = self.cache
+        length = int(self._host_position[src]) + 1
+        text = int(self._host_text_length[src])
+        pair, into = slice(2 * src, 2 * src + 2), slice(2 * dst, 2 * dst + 2)
+        for k in (*c.self_k, *c.self_v):
+            k[into, :, :length] = k[pair, :, :length]
+        for k in (*c.cross_k, *c.cross_v):
+            k[into, :, :text] = k[pair, :, :text]
+        c.cross_mask[into] = c.cross_mask[pair]
+        for t in (self.tokens, self.position, self.eos_position, self.limit_position, self.active, self.temperature,
+                  self.top_p, self.top_k, self.cfg_scale, self.key, self.done):
+            t[dst] = t[src]
+
+    def _fill_slot(self, row: int, request: Dia1Request, prompt_frames: int) -> None:
+        """Encoder, cross-attention cache and prompt prefill for a request entering ``row``."""
         c, dev = self.config, self.device
-        rows = torch.tensor([2 * slot, 2 * slot + 1], device=dev)
+        rows = torch.tensor([2 * row, 2 * row + 1], device=dev)
 
         # Row 2s is conditioned on the text; row 2s+1 is the unconditional branch of CFG: all-zero text
         # under the conditional row's mask, or the negative text, each row padded to the longer and masked.
@@ -267,10 +302,10 @@ class Dia1Generator(SlotGenerator[SlotState]):
 
         prompt = request.prompt if request.prompt is not None else torch.zeros(0, c.channels, dtype=torch.long)
         table = delayed_prompt(prompt.long().cpu(), c.delay_pattern, c.bos_token_id).to(dev)
-        self.tokens[slot] = UNKNOWN
-        self.tokens[slot, : table.shape[0]] = table
+        self.tokens[row] = UNKNOWN
+        self.tokens[row, : table.shape[0]] = table
         if prompt_frames:
-            frames = self.tokens[slot, :prompt_frames].expand(2, -1, -1)
+            frames = self.tokens[row, :prompt_frames].expand(2, -1, -1)
             positions = torch.arange(prompt_frames, device=dev).expand(2, -1)
             self.model.decode(
                 frames, positions, self.cache, rows, kv_length=prompt_frames, text_length=pair.shape[1]
@@ -280,28 +315,61 @@ class Dia1Generator(SlotGenerator[SlotState]):
 
     @torch.inference_mode()
     def step(self) -> list[SlotState]:
-        """Advance every running request (every prepared slot that has not finished) by one position in one
-        batched decoder call; returns the requests that finished with this step."""
-        running = self._running_slots()
-        if running.size == 0:
-            return []
-        shape = self._shape(running)
-        self.runner.run(shape, lambda: self._device_step(shape))
-        self._host_position[running] += 1
+        """Launch the next batched decoder position for every running request, then return the requests that
+        finished with the step before it.
+
+        The host runs one step ahead of the device: the step's done flags are copied into pinned host memory
+        without waiting, and read only after the next step is queued, so the device never idles while the
+        host reports. A request that finished at step n is therefore stepped once more at step n+1; its row is
+        inactive on the device by then (the step that ends a request switches it off), so that step changes
+        nothing of it, and its position and codes are those of step n. Host positions count the steps whose
+        results have been read; ``_host_ahead`` counts a row's steps still in flight."""
+        running = self._running_rows()
+        launched = None
+        if running.size:
+            shape = self._shape(running)
+            self.runner.run(shape, lambda: self._device_step(shape))
+            launched = self._copy_done(shape.batch, [(int(row), self._by_row[row]) for row in running])
+            self._host_ahead[running] += 1
+        finished = self._collect(self._in_flight) if self._in_flight is not None else []
+        self._in_flight = launched
+        return finished
+
+    def _copy_done(self, batch: int, rows: list[tuple[int, SlotState]]) -> _InFlight:
+        """Start the copy of a launched step's done flags to the host (the step's one device-to-host transfer)."""
+        flags = self._done_host[self._launches % 2]  # two buffers: one being read while the next is written
+        self._launches += 1
+        flags[:batch].copy_(self.done[:batch], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return _InFlight(event, flags, rows)
+
+    def _collect(self, step: _InFlight) -> list[SlotState]:
+        """The results of an earlier launched step: positions advanced, requests that finished with it."""
+        if step.event is not None:
+            step.event.synchronize()
+        done = step.flags.numpy()
         finished = []
-        for slot in np.flatnonzero(self.done[: shape.batch].cpu().numpy()):  # the step's one device-to-host copy
-            state = self._states[int(slot)]
-            state.finished = True
-            state.end_position = state.position - self.config.max_delay
-            self._host_active[slot] = False
-            finished.append(state)
+        for launch_row, state in step.rows:
+            if state.finished or self._states.get(state.slot) is not state:
+                continue  # finished at the step before (its row did not move), or released since
+            row = state.row  # a request may have moved to a lower row since the launch
+            self._host_ahead[row] -= 1
+            self._host_position[row] += 1
+            if done[launch_row]:
+                state.finished = True
+                state.end_position = state.position - self.config.max_delay
+                self._host_active[row] = False
+                finished.append(state)
         return finished
 
     def _shape(self, running: np.ndarray) -> StepShape:
         """The step shape for the running slots: exact, or rounded up to buckets when steps are replayed."""
         c = self.config
         batch = int(running[-1]) + 1
-        kv_length = int(self._host_position[running].max()) + 1
+        kv_length = int((self._host_position[running] + self._host_ahead[running]).max()) + 1
         text_length = int(self._host_text_length[running].max())
         top_k = min(int(self._host_top_k[running].max()), c.audio_vocab_size)
         if not self.runner.bucketed:
@@ -369,5 +437,5 @@ class Dia1Generator(SlotGenerator[SlotState]):
         """Final audio frames [start, stop) of the request (0 = first generated frame), delay reverted, codes
         outside the codebook replaced by 0. Valid for stop <= state.final_frames."""
         first = state.prompt_frames + 1
-        codes = revert_delay(self.tokens[state.slot], self.config.delay_pattern, first + start, first + stop)
+        codes = revert_delay(self.tokens[state.row], self.config.delay_pattern, first + start, first + stop)
         return clean_codes(codes)

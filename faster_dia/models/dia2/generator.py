@@ -32,7 +32,7 @@ import torch
 from ...errors import InvalidInputError
 from ..graphs import StepRunner, batch_bucket, power_of_two_at_least, resolve_mode, round_up
 from ..protocol import RequestBase, SlotStateBase
-from ..random import seed_key
+from ..random import draw_keys, seed_key
 from ..slots import SlotGenerator
 from .model import Dia2Model
 from .sampling import STREAMS, choose
@@ -123,7 +123,13 @@ class Dia2StepShape:
 class Dia2Generator(SlotGenerator[Dia2SlotState]):
     """``step_mode`` is ``eager``, ``cuda-graphs`` or ``trace`` (see models/graphs.py); by default CUDA graphs on
     CUDA and eager elsewhere. The whole frame (transformer step, 31 depformer stages, 32 samplings) is one
-    recorded step."""
+    recorded step. Running requests occupy the lowest rows (models/slots.py).
+
+    Unlike Dia-1.6B's, this step is synchronous: the text tokens of step n+1 come from each request's text state
+    machine on the host, fed with the actions of step n, so the host cannot launch a step before it has read
+    the one before (running a step ahead would need the state machine on the device)."""
+
+    dense = True
 
     def __init__(self, model: Dia2Model, *, max_batch: int, max_prefix_frames: int = 750,
                  step_mode: str | None = None):
@@ -151,6 +157,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self._blank_text = torch.tensor([c.text_zero_token_id, c.text_pad_token_id], device=dev)
         self.delays = torch.tensor(c.delay_pattern, dtype=torch.long, device=dev)
         self._slot_index = torch.arange(max_batch, device=dev)
+        self._streams = torch.arange(c.num_codebooks + 1, device=dev)  # the random draws of a step (see STREAMS)
         # Host copies of what the step shape is decided from, indexed by slot (see models/slots.py).
         self._host_text = np.zeros((max_batch, 2), dtype=np.int64)
         self._host_cache_shift = np.zeros(max_batch, dtype=np.int64)
@@ -160,6 +167,9 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self._host_audio_top_k = np.zeros(max_batch, dtype=np.int64)
         self._host_text_sampling = np.zeros(max_batch, dtype=bool)
         self._host_audio_sampling = np.zeros(max_batch, dtype=bool)
+        self._row_arrays += [self._host_text, self._host_cache_shift, self._host_guided, self._host_filter_k,
+                             self._host_text_top_k, self._host_audio_top_k, self._host_text_sampling,
+                             self._host_audio_sampling]
         self.runner = StepRunner(step_mode or resolve_mode(dev, None))
 
     @staticmethod
@@ -222,9 +232,22 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
     @torch.inference_mode()
     def prepare(self, request: Dia2Request) -> Dia2SlotState:
         """Claim a slot for a request that passed ``validate``."""
-        return self._claim(lambda slot: self._fill_slot(slot, request))
+        return self._claim(lambda row: self._fill_slot(row, request))
+
+    def _move_row(self, src: int, dst: int) -> None:
+        """A request's state from row ``src`` into the free row ``dst``: its two cache rows up to its last
+        entry, its grid and per-request values."""
+        length = int(self._host_position[src] + self._host_cache_shift[src]) + 1
+        pair, into = slice(2 * src, 2 * src + 2), slice(2 * dst, 2 * dst + 2)
+        for k in (*self.cache.k, *self.cache.v):
+            k[into, :, :length] = k[pair, :, :length]
+        for t in (self.grid, self.position, self.cache_shift, self.active, self.key, self.cfg_scale, self.cfg_filter_k,
+                  self.text_temperature, self.text_top_k, self.audio_temperature, self.audio_top_k,
+                  self.text_tokens, self.action):
+            t[dst] = t[src]
 
     def _fill_slot(self, slot: int, request: Dia2Request) -> Dia2SlotState:
+        """The request's text machine, grid, prefix warm-up and per-request values, in row ``slot``."""
         c, dev = self.config, self.device
         machine = TextStateMachine(
             list(request.entries), config=c, initial_padding=request.initial_padding,
@@ -292,7 +315,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         self._host_text_sampling[slot] = request.text_temperature > 0
         self._host_audio_sampling[slot] = request.audio_temperature > 0
         return Dia2SlotState(
-            request=request, slot=slot, machine=machine, prefix_frames=P,
+            request=request, slot=slot, row=slot, machine=machine, prefix_frames=P,
             crop=0 if (request.include_prefix or not P) else first, limit=limit,
             prefix=actions, prefix_words=sum(1 for e in request.entries[: actions.entries] if e.tokens),
             text=text[warm], _positions=self._host_position, _max_delay=c.max_delay,
@@ -313,7 +336,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         The host part is the text state machine of each running request (the reference's design: the next
         step's text tokens depend on this step's action through the script's words)."""
         self._hold_requests_short_of_text()
-        running = self._running_slots()
+        running = self._running_rows()
         if running.size == 0:
             return []
         c = self.config
@@ -323,8 +346,8 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         actions = self.action[: shape.batch].tolist()  # the step's one device-to-host copy
         self._host_position[running] += 1
         finished = []
-        for slot in running.tolist():
-            s = self._states[slot]
+        for slot in running.tolist():  # rows
+            s = self._by_row[slot]
             position = s.position
             if s.forcing_prefix:  # a prefix word is still owed: the model's action is not used yet
                 s.text = s.machine.process(position - 1, s.prefix.action(position - 1, s.machine), forced=True)
@@ -369,18 +392,18 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
     def _hold_requests_short_of_text(self) -> None:
         """A streamed request whose text ran dry waits in its slot, not stepped, until more arrives: no end of
         speech and no filler while the writer is still writing."""
-        for slot in self._running_slots().tolist():
-            state = self._states[slot]
+        for row in self._running_rows().tolist():
+            state = self._by_row[row]
             if state.request.text_streaming and not state.forcing_prefix and not state.machine.ready():
                 state.waiting_for_text = True
-                self._host_active[slot] = False
-                self.active[slot] = False
+                self._host_active[row] = False
+                self.active[row] = False
 
     def _resume_if_ready(self, state: Dia2SlotState) -> None:
         if state.waiting_for_text and state.machine.ready() and self._states.get(state.slot) is state:
             state.waiting_for_text = False
-            self._host_active[state.slot] = True
-            self.active[state.slot] = True
+            self._host_active[state.row] = True
+            self.active[state.row] = True
 
     def _shape(self, running: np.ndarray) -> Dia2StepShape:
         """The step shape for the running slots: exact, or rounded up to buckets when steps are replayed."""
@@ -453,21 +476,24 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
             return pair[:, 0], pair[:, 1]
 
         nxt = position + 1
+        # The per-row part of the random hash for all 33 draws of this step at once (stream 0 the action, 1 + k
+        # codebook k), rather than inside each sampling.
+        keys = draw_keys(self.key[span], nxt[:, None] * STREAMS + self._streams)
         common = dict(
             cfg_scale=self.cfg_scale[span], cfg_filter_k=self.cfg_filter_k[span], max_filter_k=shape.filter_k,
-            all_guided=shape.all_guided, keys=self.key[span],
+            all_guided=shape.all_guided,
         )
         self.action[span] = choose(
             *split(action_logits[:, 0]), temperature=self.text_temperature[span], top_k=self.text_top_k[span],
-            max_top_k=shape.text_top_k, draw=nxt * STREAMS, sampling=shape.text_sampling, **common,
+            max_top_k=shape.text_top_k, keys=keys[:, 0], sampling=shape.text_sampling, **common,
         )
         audio_kwargs = dict(
             temperature=self.audio_temperature[span], top_k=self.audio_top_k[span],
             max_top_k=shape.audio_top_k, sampling=shape.audio_sampling, **common,
         )
         token = choose(
-            *split(cb0_logits[:, 0]), draw=nxt * STREAMS + 1,
-            banned=(c.audio_bos_token_id, c.audio_pad_token_id), **audio_kwargs,
+            *split(cb0_logits[:, 0]), keys=keys[:, 1], banned=(c.audio_bos_token_id, c.audio_pad_token_id),
+            **audio_kwargs,
         )
         codes = [token]
         dep_cache = self._dep_cache(B * per_slot)
@@ -476,7 +502,7 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
                 hidden, token[:, None].expand(B, per_slot).reshape(-1), stage, dep_cache,
                 text_main=text[:, 0], text_second=text[:, 1],
             )
-            token = choose(*split(logits), draw=nxt * STREAMS + 2 + stage, **audio_kwargs)
+            token = choose(*split(logits), keys=keys[:, 2 + stage], **audio_kwargs)
             codes.append(token)
         frame = torch.stack(codes, dim=-1)
 
@@ -493,4 +519,4 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
         first = state.crop + start
         index = torch.arange(first, state.crop + stop, device=self.device)
         cols = index[:, None] + self.delays
-        return self.grid[state.slot][cols, torch.arange(self.config.num_codebooks, device=self.device)].clamp_min(0)
+        return self.grid[state.row][cols, torch.arange(self.config.num_codebooks, device=self.device)].clamp_min(0)
