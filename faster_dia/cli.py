@@ -35,6 +35,16 @@ def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> 
                    help="run decode steps eagerly on CUDA instead of replaying them as CUDA graphs")
 
 
+def _add_ray_options(p) -> None:
+    p.add_argument("--replicas", type=int, default=1, help="copies of the models (default 1)")
+    p.add_argument("--min-replicas", type=int, default=None,
+                   help="autoscale on ongoing requests per replica, down to this many (0 allowed)")
+    p.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many replicas")
+    p.add_argument("--gpus-per-replica", type=float, default=None,
+                   help="GPUs each replica holds (default 1 with --device cuda or when this machine has CUDA, else 0)")
+    p.add_argument("--cpus-per-replica", type=float, default=1.0, help="CPUs each replica holds (default 1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faster-dia", description="Dia text-to-speech, fast.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details (and tracebacks on errors)")
@@ -124,7 +134,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cost of a second of decoding, for includeCost (default 0)")
     hosted.add_argument("--quota", type=int, default=None, metavar="N",
                         help="/v1/dia requests per API key and day; more get 406 (default: no limit)")
+    _add_ray_options(serve.add_argument_group("several replicas on Ray Serve (the 'ray' extra; docs/deployment.md)"))
+    serve.add_argument("--ray", action="store_true",
+                       help="serve through Ray Serve with --replicas copies of the models, each with its own engine")
+    serve.add_argument("--ray-address", default=None, metavar="ADDR",
+                       help="join this Ray cluster (e.g. ray://head:10001 or auto) instead of starting one; implies --ray")
     serve.set_defaults(handler=_serve)
+
+    ray_config = sub.add_parser("ray-config", help="write a Ray Serve config file (serve run, KubeRay RayService)",
+                                description="Example: faster-dia ray-config --model nari-labs/Dia2-2B "
+                                            "--min-replicas 1 --max-replicas 4 -o serve.yaml")
+    _add_model_options(ray_config, several=True)
+    ray_config.add_argument("--output", "-o", type=Path, default=None, help="file to write (default: standard output)")
+    for flag, kind, text in (("--default-model", str, "see 'serve'"), ("--idle-unload", float, "see 'serve'"),
+                             ("--chunk-seconds", float, "see 'serve'"), ("--seed", int, "see 'serve'"),
+                             ("--asr-model", str, "see 'serve'"), ("--quota", int, "see 'serve'"),
+                             ("--voices-dir", str, "the voice library: a path every replica reaches (a shared volume)"),
+                             ("--data-dir", str, "task files: a path every replica reaches (a shared volume)"),
+                             ("--database", str, "the task store's database URL (PostgreSQL for several replicas)")):
+        ray_config.add_argument(flag, type=kind, default=None, help=text)
+    ray_config.add_argument("--lazy", action="store_true", help="see 'serve'")
+    ray_config.add_argument("--metrics-public", action="store_true", help="see 'serve'")
+    ray_config.add_argument("--host", default="0.0.0.0", help="address of Serve's HTTP proxy (default 0.0.0.0)")
+    ray_config.add_argument("--port", type=int, default=8000, help="port of Serve's HTTP proxy (default 8000)")
+    _add_ray_options(ray_config)
 
     ui = sub.add_parser("ui", help="open the web page in a browser, served on 127.0.0.1",
                         description="Example: faster-dia ui --model nari-labs/Dia2-2B (the page is also at / of "
@@ -306,6 +339,8 @@ def _serve(args: argparse.Namespace) -> int:
     if len(codecs) > len(models):
         raise FasterDiaError(f"{len(codecs)} --codec options for {len(models)} models: give at most one per --model.")
     codecs += [None] * (len(models) - len(codecs))
+    if getattr(args, "ray", False) or getattr(args, "ray_address", None) is not None:
+        return _serve_ray(args, models, codecs, options, keys, hosted)
     specs = [ModelSpec(model, {**options, "codec": codec}) for model, codec in zip(models, codecs, strict=True)]
     try:
         sock = socket.create_server((args.host, args.port), family=socket.AF_INET6 if ":" in args.host else socket.AF_INET,
@@ -324,6 +359,91 @@ def _serve(args: argparse.Namespace) -> int:
               allow_file_dir=args.allow_file_dir,
               log_level="debug" if args.verbose else "info")
     return 0
+
+
+def _ray_plan(args: argparse.Namespace, models: list[str], codecs: list, load_options: dict, server: dict):
+    """The application args and deployment options of ``serve --ray`` and ``ray-config``, checked."""
+    try:
+        from .server import ray_serve
+    except ImportError as exc:
+        raise FasterDiaError(f"Ray Serve needs the server extra: pip install 'faster-dia[ray]' ({exc}).") from exc
+    try:
+        import ray.serve  # noqa: F401
+    except ImportError as exc:
+        raise FasterDiaError(f"Ray Serve is not installed: pip install 'faster-dia[ray]' ({exc}).") from exc
+    gpus = args.gpus_per_replica
+    if gpus is None:
+        device = load_options.get("device")
+        gpus = 1.0 if device == "cuda" or (device is None and _has_cuda()) else 0.0
+    max_batch = load_options.get("max_batch") or ray_serve.DEFAULT_MAX_BATCH["gpu" if gpus > 0 else "cpu"]
+    # The router's bound is made from max_batch, so the engines must use the same figure.
+    load_options = {**load_options, "max_batch": max_batch}
+    entries = ray_serve.model_entries(models, codecs, load_options)
+    options = ray_serve.ServerOptions(models=entries, **{k: v for k, v in server.items() if v is not None})
+    deployment = ray_serve.deployment_options(max_batch=max_batch, replicas=args.replicas,
+                                              min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                                              gpus_per_replica=gpus, cpus_per_replica=args.cpus_per_replica)
+    return ray_serve, options, deployment
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _serve_ray(args: argparse.Namespace, models: list[str], codecs: list, load_options: dict, keys: list[str],
+               hosted: dict) -> int:
+    pricing = hosted["pricing"]
+    server = dict(default_model=args.default_model, lazy=args.lazy, idle_unload=args.idle_unload,
+                  chunk_seconds=args.chunk_seconds, default_seed=args.seed, metrics_public=args.metrics_public,
+                  voices=_path_str(args.voices_dir), asr_model=args.asr_model,
+                  data_dir=_path_str(hosted["data_dir"]), database=hosted["database"],
+                  allow_outbound=list(hosted["allow_outbound"]),
+                  price_per_audio_second=pricing.per_audio_second, price_per_gpu_second=pricing.per_gpu_second,
+                  quota=hosted["quota"], allow_file_dir=_path_str(args.allow_file_dir))
+    ray_serve, options, deployment = _ray_plan(args, models, codecs, load_options, server)
+    if keys:  # to the replicas through their environment, never through the application's args
+        deployment["ray_actor_options"]["runtime_env"] = {"env_vars": {"FASTER_DIA_API_KEYS": ",".join(keys)}}
+    ray_serve.run(options, deployment, host=args.host, port=args.port, address=getattr(args, "ray_address", None))
+    return 0
+
+
+def _ray_config(args: argparse.Namespace) -> int:
+    import yaml  # Ray Serve's own dependency
+
+    from .loading import DEFAULT_MODEL, check_load_options
+
+    options = _load_options(args)
+    check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "cuda_graphs", "quantize")})
+    if not 1 <= args.port <= 65535:
+        raise FasterDiaError(f"--port must be between 1 and 65535, got {args.port}.")
+    models = args.model or [DEFAULT_MODEL]
+    codecs = args.codec or []
+    if len(codecs) > len(models):
+        raise FasterDiaError(f"{len(codecs)} --codec options for {len(models)} models: give at most one per --model.")
+    codecs += [None] * (len(models) - len(codecs))
+    server = dict(default_model=args.default_model, lazy=args.lazy, idle_unload=args.idle_unload,
+                  chunk_seconds=args.chunk_seconds, default_seed=args.seed, metrics_public=args.metrics_public,
+                  voices=args.voices_dir, asr_model=args.asr_model, data_dir=args.data_dir, database=args.database,
+                  quota=args.quota)
+    options.pop("codec")
+    ray_serve, server_options, deployment = _ray_plan(args, models, codecs, options, server)
+    text = yaml.safe_dump(ray_serve.config_file(server_options, deployment, host=args.host, port=args.port),
+                          sort_keys=False)
+    if args.output is None:
+        print(text, end="")
+        return 0
+    try:
+        args.output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise FasterDiaError(f"Cannot write {args.output}: {exc.strerror or exc}") from exc
+    print(f"wrote {args.output}: serve run {args.output}", file=sys.stderr)
+    return 0
+
+
+def _path_str(path) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 def _hosted_options(args: argparse.Namespace) -> dict:
@@ -425,6 +545,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args)
         if args.command == "voices":
             return _voices(args)
+        if args.command == "ray-config":
+            return _ray_config(args)
     except FasterDiaError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2

@@ -44,6 +44,29 @@ class Metrics:
             if total > 0:
                 self.realtime_multiple.labels(model).observe(audio_seconds / total)
 
+    def add_labels(self, **labels: str) -> None:
+        """Give every series these constant labels from now on: a replica's name, so that the series of the
+        replicas of one deployment can be scraped together and told apart."""
+        labelled = CollectorRegistry(auto_describe=False)
+        labelled.register(_Labelled(self.registry, labels))
+        self.registry = labelled
+
+
+class _Labelled:
+    """Every sample of another registry with constant labels added."""
+
+    def __init__(self, inner: CollectorRegistry, labels: dict[str, str]):
+        self.inner = inner
+        self.labels = labels
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.inner.collect():
+            out = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            for sample in metric.samples:
+                out.add_sample(sample.name, {**sample.labels, **self.labels}, sample.value, sample.timestamp,
+                               sample.exemplar)
+            yield out
+
 
 class _ModelCollector:
     """Gauges read from each hosted model at scrape time."""
