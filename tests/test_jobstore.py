@@ -105,7 +105,7 @@ def test_a_delivery_given_up_is_not_due_again(store, clock):
 
 def test_restart_fails_unfinished_results_and_queues_their_webhooks(database, clock):  # noqa: F811
     first = JobStore(database, clock=clock)
-    first.heartbeat()
+    first.join()
     create(first, "half", webhook="http://example.com/hook")
     first.finish_result("half", 0, status=SUCCESS, body={"seed": 1}, webhook_body={"data": [{"seed": 1}]})
     create(first, "done", results=1)
@@ -127,26 +127,27 @@ def test_restart_fails_unfinished_results_and_queues_their_webhooks(database, cl
 
 def test_a_starting_store_leaves_a_live_owners_work_alone(database, clock):  # noqa: F811
     running, starting = JobStore(database, clock=clock), JobStore(database, clock=clock)
-    running.heartbeat()
+    running.join()
     create(running, "busy")
-    starting.heartbeat()
+    starting.join()
     assert starting.fail_unfinished(restarted) == [] and starting.get_task("busy").status == PROCESSING
     assert starting.live_owners() == {running.owner, starting.owner}
     # Heartbeats keep an owner alive; one that stops sending them is gone after owner_timeout.
     clock.now += running.owner_timeout - 1
-    running.heartbeat()
+    assert running.heartbeat()
     clock.now += 2
     assert starting.fail_unfinished(restarted) == []
     clock.now += running.owner_timeout
-    starting.heartbeat()
+    assert starting.heartbeat()
     assert starting.live_owners() == {starting.owner}
     assert starting.fail_unfinished(restarted) == ["busy"]
     assert [r.body for r in starting.get_task("busy").results] == [{"code": "serverRestarted", "i": i} for i in (0, 1)]
     # An owner that stopped cleanly is gone at once; the others' own work is untouched.
     create(starting, "mine")
-    running.heartbeat()
+    running.join()
     create(running, "theirs")
     running.release()
+    assert not running.heartbeat()  # one still on its way when the owner stops does not bring it back
     assert starting.fail_unfinished(restarted) == ["theirs"]
     assert starting.get_task("mine").status == PROCESSING
     running.close()
@@ -157,7 +158,7 @@ CRASH = """
 import os, sys
 from faster_dia.server.jobstore import JobStore
 store = JobStore(sys.argv[1])
-store.heartbeat()
+store.join()
 store.create_task("crashed", task_type="audioInference", model="dia", number_results=1, webhook_url=None,
                   retain_seconds=60)
 os._exit(0)  # no release: as if killed
@@ -168,7 +169,7 @@ def test_a_crashed_process_on_this_machine_is_gone_at_once(database):  # noqa: F
     subprocess.run([sys.executable, "-c", CRASH, database], check=True, timeout=60)
     store = JobStore(database)
     try:
-        store.heartbeat()
+        store.join()
         assert store.live_owners() == {store.owner}  # its heartbeat is fresh, but its process is gone
         assert store.fail_unfinished(restarted) == ["crashed"]
     finally:
@@ -192,9 +193,19 @@ def test_two_stores_claim_each_delivery_once(database, clock):  # noqa: F811
     for thread in threads:
         thread.join()
     assert sorted(claims) == list(range(40))
-    # A claim lapses after its lease (its claimer died): due again, once.
+    # A claim lapses after its lease (its claimer died unseen): due again, once.
     clock.now += stores[0].delivery_lease
     assert len(stores[1].due_deliveries(limit=100)) == 40 and stores[0].due_deliveries() == []
+    # The claims of an owner that stops, or is found gone, are due again at once.
+    stores[0].join()
+    stores[1].release()
+    assert len(stores[0].due_deliveries(limit=100)) == 40
+    stores[1].join()
+    assert stores[1].fail_unfinished(restarted) == [] and stores[1].due_deliveries() == []
+    clock.now += stores[0].owner_timeout + 1
+    stores[1].heartbeat()
+    stores[1].fail_unfinished(restarted)
+    assert len(stores[1].due_deliveries(limit=100)) == 40
     for store in stores:
         store.close()
 
@@ -291,7 +302,7 @@ def test_a_file_from_before_owners_is_upgraded(tmp_path):
             INSERT INTO results (task_uuid, result_index, status) VALUES ('old', 0, 'processing');
         """)
     store = JobStore(path)
-    store.heartbeat()
+    store.join()
     assert store.fail_unfinished(restarted) == ["old"]
     store.close()
 
@@ -338,6 +349,8 @@ def test_replicas_share_the_store_and_fail_only_a_stopped_ones_work(database, tm
         task = await hosted.db(hosted.store.get_task, "t")
         return task if task.status == ERROR else None
 
+    receiver = Receiver()
+
     async def replicas(hook: str) -> None:
         first, second = (Hosted(tmp_path, database=database, allow_outbound=["127.0.0.1/32"]) for _ in range(2))
         for hosted in (first, second):
@@ -354,10 +367,10 @@ def test_replicas_share_the_store_and_fail_only_a_stopped_ones_work(database, tm
         await first.stop()
         task = await until(lambda: settled(second), "the stopped replica's task to fail")
         assert task.results[0].body["code"] == "serverRestarted"
+        await until(lambda: asyncio.sleep(0, receiver.webhooks.get("replica")), "the webhook")
         await asyncio.sleep(0.2)  # time for a second delivery, were there one
         await second.stop()
 
-    receiver = Receiver()
     with running(receiver.app) as url:
         asyncio.run(replicas(f"{url}/hook/replica"))
     assert [hook["errors"][0]["code"] for hook in receiver.webhooks["replica"]] == ["serverRestarted"]

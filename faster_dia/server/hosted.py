@@ -131,7 +131,7 @@ class Hosted:
         live owners, then start delivering, sweeping and sending heartbeats."""
         self._wake = asyncio.Event()
         await self._fail_gone_owners()
-        await self.db(self.store.heartbeat)
+        await self.db(self.store.join)
         await anyio.to_thread.run_sync(partial(self.scratch_dir.mkdir, exist_ok=True))
         self._loops = [asyncio.create_task(self._deliver_forever()), asyncio.create_task(self._sweep_forever()),
                        asyncio.create_task(self._heartbeat_forever())]
@@ -144,8 +144,11 @@ class Hosted:
                 await task
         # Gone from now on: whatever this server left unfinished is failed by the next server to look (this one
         # restarted, or another replica), without waiting out the owner timeout.
-        with contextlib.suppress(Exception):
+        try:
             await self.db(self.store.release)
+        except Exception:
+            log.exception("the job store did not hear that this server stops; its tasks fail when its heartbeat "
+                          "is old")
         await self.outbound.aclose()  # the store stays open: an app may be started again
 
     async def _fail_gone_owners(self) -> None:
@@ -176,7 +179,11 @@ class Hosted:
         while True:
             await asyncio.sleep(self.heartbeat_seconds)
             try:
-                await self.db(self.store.heartbeat)
+                if not await self.db(self.store.heartbeat):
+                    # Taken for gone long enough to be forgotten (a pause, the database out of reach): its tasks
+                    # were failed; it serves new ones.
+                    log.warning("this server was taken for stopped by the job store; joining again")
+                    await self.db(self.store.join)
                 await self._fail_gone_owners()
             except Exception:
                 log.exception("the job store's heartbeat failed")

@@ -10,9 +10,11 @@ The task API uses nothing else:
 ``get_task(uuid) -> TaskRecord | None``         a task and its results
 ``finish_result(uuid, index, ...)``             record one result (success or error) and, in the same
                                                 transaction, its webhook delivery
-``heartbeat() / release()``                     this owner is alive (call it every few seconds) / has stopped
+``join() / heartbeat() / release()``            this owner is alive / still is (every few seconds) / has
+                                                stopped
 ``fail_unfinished(error) -> list[str]``         every result still processing whose owner is gone fails (and
-                                                its webhook is queued); the UUIDs of the tasks touched
+                                                its webhook is queued), the deliveries such an owner was
+                                                attempting are due again; the UUIDs of the tasks touched
 ``live_owners() -> set[str]``                   the owners alive now
 ``add_file / get_file``                         result files and their expiry
 ``due_deliveries / delivery_done /              webhook deliveries: claim the ones due, success, a failed
@@ -28,13 +30,13 @@ heartbeats, so their clocks must agree to well within ``owner_timeout`` (NTP doe
 transaction and is safe to call from any thread.
 
 Several processes may share one database. Each store is one owner (a random id): the tasks it creates are its
-own, and it proves it is alive with :meth:`heartbeat`. An owner is gone when its heartbeat is older than
-``owner_timeout``, when it released itself (a clean stop), when it never sent one, or at once when it was a
-process on this machine that no longer exists (a crashed server restarted on the same machine fails its
+own, and it proves it is alive with :meth:`join`, then :meth:`heartbeat`. An owner is gone when its last heartbeat
+is older than ``owner_timeout``, when it released itself (a clean stop), when it never joined, or at once when it
+was a process on this machine that no longer exists (a crashed server restarted on the same machine fails its
 leftovers without waiting out the timeout). Only a gone owner's unfinished results are failed, so a starting
 replica leaves the others' running work alone. Webhook deliveries are claimed for ``delivery_lease`` seconds
 (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite takes its one write lock), so two replicas never make the same
-attempt; a claim whose owner dies is due again when the lease runs out.
+attempt; the claims of an owner found gone are due again at once, and any claim when its lease runs out.
 
 SQLite: WAL mode (readers never wait for the writer), one writer at a time (``BEGIN IMMEDIATE``). PostgreSQL:
 read committed, with the rows a decision depends on locked (the task while its results settle, the due
@@ -112,6 +114,7 @@ deliveries = sa.Table(
     sa.Column("next_attempt", sa.Float, nullable=False),  # also the end of a claim's lease
     sa.Column("state", sa.Text, nullable=False, server_default="pending"),
     sa.Column("last_error", sa.Text),
+    sa.Column("claimed_by", sa.Text),  # the owner making the attempt now
     sa.Index("deliveries_due", "state", "next_attempt"),
     sqlite_autoincrement=True,
 )
@@ -237,9 +240,11 @@ class JobStore:
                 # Replicas starting together would race to create the same tables; one at a time.
                 db.execute(sa.text("SELECT pg_advisory_xact_lock(7253046102)"))
             _metadata.create_all(db)
-            columns = {c["name"] for c in sa.inspect(db).get_columns("tasks")}
-            if "owner" not in columns:  # a file from before owners: its tasks have none (gone, as a restart)
-                db.execute(sa.text("ALTER TABLE tasks ADD COLUMN owner TEXT"))
+            # Columns added since the first release (a file from before owners: its tasks have none, which is
+            # gone, as a restart).
+            for table, column in ((tasks, "owner"), (deliveries, "claimed_by")):
+                if column not in {c["name"] for c in sa.inspect(db).get_columns(table.name)}:
+                    db.execute(sa.text(f"ALTER TABLE {table.name} ADD COLUMN {column} TEXT"))
             for index in tasks.indexes:
                 index.create(db, checkfirst=True)
 
@@ -315,17 +320,31 @@ class JobStore:
 
     # ------------------------------------------------------------------ owners
 
-    def heartbeat(self) -> None:
-        """This owner is alive (registers it on the first call)."""
+    def join(self) -> None:
+        """This owner is alive, from now on while its heartbeats keep coming."""
         row = {"owner": self.owner, "machine": _machine(), "pid": os.getpid(), "heartbeat": self.clock()}
         with self.engine.begin() as db:
             db.execute(self._insert(owners).values(**row).on_conflict_do_update(
                 index_elements=[owners.c.owner], set_={"heartbeat": row["heartbeat"]}))
 
+    def heartbeat(self) -> bool:
+        """This owner is still alive; False (and nothing written) when it is not joined: it released itself, or
+        was forgotten long gone. Never joins, so a heartbeat still on its way when the owner stops cannot bring
+        it back to life after :meth:`release`."""
+        with self.engine.begin() as db:
+            return bool(db.execute(owners.update().where(owners.c.owner == self.owner)
+                                   .values(heartbeat=self.clock())).rowcount)
+
     def release(self) -> None:
-        """This owner has stopped: its unfinished results may be failed at once (by the next store to look)."""
+        """This owner has stopped: its unfinished results may be failed at once (by the next store to look), and
+        the deliveries it was attempting are due again now."""
         with self.engine.begin() as db:
             db.execute(owners.delete().where(owners.c.owner == self.owner))
+            self._unclaim(db, [self.owner])
+
+    def _unclaim(self, db: sa.Connection, claimers: list[str]) -> None:
+        db.execute(deliveries.update().where(deliveries.c.state == "pending", deliveries.c.claimed_by.in_(claimers))
+                   .values(claimed_by=None, next_attempt=self.clock()))
 
     def live_owners(self) -> set[str]:
         """The owners alive now: a heartbeat within ``owner_timeout``, and, on this machine, a process that exists."""
@@ -346,6 +365,10 @@ class JobStore:
         touched = []
         with self.engine.begin() as db:
             live = self._live_owners(db)
+            # A gone owner's deliveries are due again at once, not when their lease runs out.
+            claimers = db.scalars(sa.select(deliveries.c.claimed_by).distinct().where(
+                deliveries.c.state == "pending", deliveries.c.claimed_by.is_not(None))).all()
+            self._unclaim(db, [owner for owner in claimers if owner not in live])
             leftovers = db.execute(sa.select(tasks.c.task_uuid, tasks.c.owner).where(tasks.c.status == PROCESSING)
                                    .order_by(tasks.c.task_uuid)).all()
             for task_uuid, owner in leftovers:
@@ -397,7 +420,7 @@ class JobStore:
                               .with_for_update(skip_locked=True)).all()
             if rows:
                 db.execute(deliveries.update().where(deliveries.c.id.in_([r.id for r in rows]))
-                           .values(next_attempt=now + self.delivery_lease))
+                           .values(next_attempt=now + self.delivery_lease, claimed_by=self.owner))
         return [Delivery(i, u, url, json.loads(b), a) for i, u, url, b, a in rows]
 
     def next_delivery_time(self) -> float | None:
@@ -407,13 +430,13 @@ class JobStore:
     def delivery_done(self, delivery_id: int) -> None:
         with self.engine.begin() as db:
             db.execute(deliveries.update().where(deliveries.c.id == delivery_id)
-                       .values(state="done", attempts=deliveries.c.attempts + 1))
+                       .values(state="done", attempts=deliveries.c.attempts + 1, claimed_by=None))
 
     def delivery_failed(self, delivery_id: int, error: str, retry_at: float | None) -> None:
         """One failed attempt; tried again at ``retry_at``, or given up for good when it is None."""
         with self.engine.begin() as db:
             db.execute(deliveries.update().where(deliveries.c.id == delivery_id).values(
-                attempts=deliveries.c.attempts + 1, last_error=error,
+                attempts=deliveries.c.attempts + 1, last_error=error, claimed_by=None,
                 state="pending" if retry_at is not None else "failed",
                 next_attempt=deliveries.c.next_attempt if retry_at is None else retry_at))
 
