@@ -14,7 +14,9 @@ request, not per step), so a step costs what is running. Without ``dense`` the r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import time
+from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -22,7 +24,12 @@ import torch
 
 from .protocol import SlotStateBase
 
+log = logging.getLogger(__name__)
+
 S = TypeVar("S", bound=SlotStateBase)
+
+#: Default time bound of a warm-up at load (seconds).
+WARMUP_SECONDS = 120.0
 
 
 class SlotGenerator(Generic[S]):
@@ -85,6 +92,47 @@ class SlotGenerator(Generic[S]):
     def _move_row(self, src: int, dst: int) -> None:
         """Copy a request's device state from row ``src`` to row ``dst`` (dense generators)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------ warm-up
+
+    def warmup_shapes(self) -> list[Hashable]:
+        """The step shapes a warm-up records, most useful first (a family that has none returns [])."""
+        return []
+
+    def _device_step(self, shape: Hashable) -> None:
+        raise NotImplementedError
+
+    def warm_up(self, seconds: float = WARMUP_SECONDS, *, progress: bool = True) -> tuple[int, int]:
+        """Record the common step shapes before traffic (CUDA graphs captured at load instead of in the middle
+        of the first requests); returns (shapes recorded, shapes left when ``seconds`` ran out). Each shape's
+        step runs on idle rows, which compute and discard as they do in any step: no request, token, position
+        or count changes. Nothing to do in eager mode."""
+        if self._states:
+            raise RuntimeError("warm up before any request is admitted")
+        runner = self.runner
+        shapes = self.warmup_shapes() if runner.bucketed else []
+        if not shapes:
+            return 0, 0
+        # Recording ahead of traffic is the runner's prepare (a shape compiled where the mode compiles); a runner
+        # without it records on a shape's first run, which is the same for the modes that only capture.
+        prepare = getattr(runner, "prepare", runner.run)
+        deadline = time.monotonic() + seconds
+        recorded = 0
+        from tqdm import tqdm
+
+        with torch.inference_mode(), tqdm(total=len(shapes), desc="recording decode steps", unit="shape",
+                                          disable=not progress, leave=False) as bar:
+            for shape in shapes:
+                if time.monotonic() >= deadline:
+                    break
+                prepare(shape, lambda shape=shape: self._device_step(shape))
+                recorded += 1
+                bar.update()
+        left = len(shapes) - recorded
+        if left:
+            log.info("warm-up stopped after %.0f s: %d of %d step shapes recorded, %d left to record on first use",
+                     seconds, recorded, len(shapes), left)
+        return recorded, left
 
     def release(self, state: S) -> None:
         """Free a request's slot (finished or cancelled); it may be reused by the next ``prepare``."""

@@ -40,6 +40,8 @@ from .model import Dia1Model
 from .sampling import choose_tokens
 
 _NO_EOS = 1 << 40
+#: Script lengths (bytes, prompt transcript included) whose text buckets a warm-up records.
+WARMUP_TEXT_LENGTHS = (64, 128, 256)
 
 
 @dataclass
@@ -381,6 +383,16 @@ class Dia1Generator(SlotGenerator[SlotState]):
             top_k=power_of_two_at_least(top_k, 64, c.audio_vocab_size),
             sampling=True,
         )
+
+    def warmup_shapes(self) -> list[StepShape]:
+        """Every kv bucket a request can reach, for scripts up to 256 bytes at the default top-k, in every batch
+        bucket: short positions first (every request passes them), then longer texts, then larger batches."""
+        c = self.config
+        batches = sorted({batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)})
+        kv_lengths = sorted({round_up(n, 256, c.audio_length) for n in range(1, c.audio_length + 1, 256)})
+        texts = sorted({power_of_two_at_least(n, 64, c.text_length) for n in WARMUP_TEXT_LENGTHS})
+        top_k = power_of_two_at_least(Dia1Request.top_k, 64, c.audio_vocab_size)
+        return [StepShape(batch, kv, text, top_k, True) for kv in kv_lengths for text in texts for batch in batches]
 
     def _device_step(self, shape: StepShape) -> None:
         """One decoder position for slots 0 … shape.batch-1, reading and writing only the generator's buffers

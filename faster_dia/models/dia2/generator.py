@@ -437,6 +437,23 @@ class Dia2Generator(SlotGenerator[Dia2SlotState]):
             audio_sampling=True,
         )
 
+    def warmup_shapes(self) -> list[Dia2StepShape]:
+        """The kv buckets of a request without a prefix up to the context limit, at the default guidance and
+        top-k, in every batch bucket: short positions first (every request passes them), then larger batches."""
+        c = self.config
+        vocab = max(c.audio_vocab_size, c.action_vocab_size)
+        batches = sorted({batch_bucket(n, self.max_batch) for n in range(1, self.max_batch + 1)})
+        reach = min(c.max_context_steps + 1, self.max_positions)
+        kv_lengths = sorted({round_up(n, 256, self.max_positions) for n in range(1, reach + 1, 256)} |
+                            {round_up(reach, 256, self.max_positions)})
+        def k(value: int) -> int:
+            return power_of_two_at_least(value, 64, vocab)
+
+        return [Dia2StepShape(batch=batch, guided=True, all_guided=True, kv_length=kv, shifted=False,
+                              filter_k=k(Dia2Request.cfg_filter_k), text_top_k=k(Dia2Request.text_top_k),
+                              audio_top_k=k(Dia2Request.audio_top_k), text_sampling=True, audio_sampling=True)
+                for kv in kv_lengths for batch in batches]
+
     def _device_step(self, shape: Dia2StepShape) -> None:
         """One frame for slots 0 … shape.batch-1, reading and writing only the generator's buffers (capturable:
         no host values but ``shape``, no device-to-host reads). Inactive slots in the range are computed and
