@@ -33,6 +33,9 @@ def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> 
                    help="requests decoded together (default: on CUDA what half the free GPU memory holds, up to 64; 4 elsewhere)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
                    help="run decode steps eagerly on CUDA instead of replaying them as CUDA graphs")
+    p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
+                   help="record the common decode step shapes (CUDA graphs) while loading, at most 120 s "
+                        "(default: on with CUDA graphs, off elsewhere)")
 
 
 def _add_ray_options(p) -> None:
@@ -205,7 +208,7 @@ def _read_script(args: argparse.Namespace) -> str:
 
 def _load_options(args: argparse.Namespace) -> dict:
     return dict(device=args.device, dtype=args.dtype, codec=args.codec, revision=args.revision,
-                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs)
+                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs, warmup=args.warmup)
 
 
 def _speak(args: argparse.Namespace) -> int:

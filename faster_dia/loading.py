@@ -131,7 +131,7 @@ def default_max_batch(device: torch.device, per_request_bytes: int) -> int:
 
 
 def check_load_options(*, dtype: Any = None, max_batch: Any = None, max_queue: Any = None,
-                       cuda_graphs: Any = None) -> None:
+                       cuda_graphs: Any = None, warmup: Any = None, warmup_seconds: Any = 120.0) -> None:
     """The checks of ``load``'s options that need neither torch nor the model, for callers (the command line,
     the server) that want to refuse bad options before loading anything."""
     check_dtype_name(dtype)
@@ -141,6 +141,11 @@ def check_load_options(*, dtype: Any = None, max_batch: Any = None, max_queue: A
         raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
     if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0):
         raise InvalidInputError(f"max_queue must be 0 or a positive integer, got {max_queue!r}.", param="max_queue")
+    if warmup is not None and not isinstance(warmup, bool):
+        raise InvalidInputError(f"warmup must be True, False or None, got {warmup!r}.", param="warmup")
+    if isinstance(warmup_seconds, bool) or not isinstance(warmup_seconds, int | float) or not warmup_seconds >= 0:
+        raise InvalidInputError(f"warmup_seconds must be a number of seconds >= 0, got {warmup_seconds!r}.",
+                                param="warmup_seconds")
 
 
 def load(
@@ -156,6 +161,8 @@ def load(
     cuda_graphs: bool | None = None,
     voices: Any = None,
     asr: Any = None,
+    warmup: bool | None = None,
+    warmup_seconds: float = 120.0,
 ) -> SpeechModel:
     """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate. The family is read
     from config.json: Dia-1.6B checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2
@@ -167,8 +174,13 @@ def load(
     replays each decode step shape as a CUDA graph (default: on for CUDA devices; CUDA only). ``voices`` is
     the voice library ``voice=`` names are looked up in (a directory or a ``faster_dia.VoiceLibrary``);
     ``asr`` the speech recognizer for voice prompts without a transcript (a loaded one, a Whisper size or a
-    CTranslate2 directory; default: ``faster_dia.asr``'s default, loaded on first need)."""
-    check_load_options(dtype=dtype, max_batch=max_batch, max_queue=max_queue, cuda_graphs=cuda_graphs)
+    CTranslate2 directory; default: ``faster_dia.asr``'s default, loaded on first need).
+
+    ``warmup`` records the common decode step shapes (CUDA graphs) at load, with a progress bar, so that the
+    first requests do not wait for captures; at most ``warmup_seconds``, the rest is recorded on first use.
+    Default: on where steps are replayed on CUDA, off elsewhere."""
+    check_load_options(dtype=dtype, max_batch=max_batch, max_queue=max_queue, cuda_graphs=cuda_graphs,
+                       warmup=warmup, warmup_seconds=warmup_seconds)
     config, source = read_config(model, revision)
     family = family_of(config, source)
 
@@ -182,6 +194,10 @@ def load(
                       codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
                       step_mode=resolve_mode(dev, cuda_graphs))
     tts.model_id = public_id(model)
+    generator = tts.engine.generator
+    if warmup if warmup is not None else dev.type == "cuda" and generator.runner.bucketed:
+        # Last: a recorded step bakes in the weights it sees (quantized ones included).
+        generator.warm_up(warmup_seconds)
     if voices is not None:
         from .voices import VoiceLibrary
 
