@@ -4,6 +4,7 @@ survives reopening, concurrent writers from threads and from two stores on one d
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,6 +41,12 @@ def store(database, clock):  # noqa: F811
 def create(store: JobStore, task_uuid: str, results: int = 2, webhook: str | None = None) -> bool:
     return store.create_task(task_uuid, task_type="audioInference", model="dia", number_results=results,
                              webhook_url=webhook, retain_seconds=3600)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def restarted(uuid: str, i: int) -> tuple[dict, dict]:
@@ -308,11 +315,7 @@ def test_a_file_from_before_owners_is_upgraded(tmp_path):
 
 
 def test_a_database_that_cannot_be_used_is_named(tmp_path):
-    import socket
-
-    with socket.socket() as probe:  # a port nothing listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nothing listens on it
     for target, words in ((f"postgresql://user:secret@127.0.0.1:{port}/db", f"user:***@127.0.0.1:{port}/db"),
                           ("mysql://host/db", "SQLite (sqlite:///path) or PostgreSQL"),
                           ("sqlite://", "in-memory"),
@@ -374,3 +377,20 @@ def test_replicas_share_the_store_and_fail_only_a_stopped_ones_work(database, tm
     with running(receiver.app) as url:
         asyncio.run(replicas(f"{url}/hook/replica"))
     assert [hook["errors"][0]["code"] for hook in receiver.webhooks["replica"]] == ["serverRestarted"]
+
+
+def test_serve_checks_the_database_before_any_model_loads(database, tmp_path, capsys, monkeypatch):  # noqa: F811
+    from faster_dia.cli import main
+
+    serve = ["serve", "--model", str(tmp_path / "no-model"), "--data-dir", str(tmp_path), "--port", str(free_port())]
+    assert main([*serve, "--database", "mysql://host/db"]) == 2
+    assert "The database must be SQLite (sqlite:///path) or PostgreSQL" in capsys.readouterr().err
+    monkeypatch.setenv("FASTER_DIA_DATABASE", "postgresql://user:secret@127.0.0.1:1/db")
+    assert main(serve) == 2
+    error = capsys.readouterr().err
+    assert "Cannot use the database" in error and "user:***@127.0.0.1:1/db" in error and "secret" not in error
+    # A usable database passes (its tables made); the missing model is what stops this one.
+    assert main([*serve, "--database", database]) == 2
+    error = capsys.readouterr().err
+    assert "no-model' is not an existing local directory" in error and "Cannot use the database" not in error
+    assert JobStore(database).get_task("none") is None
