@@ -27,6 +27,8 @@ import inspect
 import json
 import logging
 import os
+import signal
+import sys
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -324,6 +326,8 @@ def run(options: ServerOptions, deployment: dict[str, Any], *, host: str, port: 
         if num_cpus is not None:
             init["num_cpus"] = num_cpus
     ray.init(**init)
+    # A service manager stops with SIGTERM: leave through the same path as Ctrl-C, so the cluster goes too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(_deployment().options(**deployment).bind(asdict(options)), name=APP_NAME, route_prefix="/")
