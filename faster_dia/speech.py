@@ -547,7 +547,7 @@ class SpeechModel:
         requests = self._requests(scripts, options)
         submissions = self.engine.submit(requests)
         start = time.perf_counter()
-        results: list[Speech] = []
+        codes: list[torch.Tensor] = []
         try:
             for sub in submissions:
                 while True:
@@ -559,8 +559,9 @@ class SpeechModel:
                         continue
                     if kind == "error":
                         raise payload
-                    results.append(self._speech(payload, sub))
+                    codes.append(payload)
                     break
+            results = self._speeches(codes, submissions)
             if progress is not None:
                 frames = sum(len(s.codes) for s in results)
                 progress(Progress(frames, frames / self.frame_rate, time.perf_counter() - start))
@@ -605,13 +606,14 @@ class SpeechModel:
             return results[0] if single else results
         requests = self._requests(scripts, options)
         submissions = self.engine.submit(requests)
-        results = []
+        codes = []
         try:
             for sub in submissions:
                 kind, payload = await sub.events.aget()
                 if kind == "error":
                     raise payload
-                results.append(await in_output_pool(self._speech, payload, sub))
+                codes.append(payload)
+            results = await in_output_pool(self._speeches, codes, submissions)
         finally:
             for sub in submissions:
                 sub.cancel()
@@ -729,9 +731,15 @@ class SpeechModel:
         raise NotImplementedError
 
     def _speech(self, codes: torch.Tensor, submission: Submission) -> Speech:
-        return Speech(audio=np.clip(self.codec.decode(codes), -1.0, 1.0), sample_rate=self.sample_rate,
-                      codes=codes.numpy(), seed=submission.request.seed,
-                      timestamps=self._words(submission.state) if self._has_words else None)
+        return self._speeches([codes], [submission])[0]
+
+    def _speeches(self, codes: list[torch.Tensor], submissions: Sequence[Submission]) -> list[Speech]:
+        """The results of one call's requests, their codes decoded together (one batched codec call where the
+        lengths fit, the same samples as one call each)."""
+        audio = self.codec.decode_many(codes)
+        return [Speech(audio=np.clip(a, -1.0, 1.0), sample_rate=self.sample_rate, codes=c.numpy(),
+                       seed=sub.request.seed, timestamps=self._words(sub.state) if self._has_words else None)
+                for a, c, sub in zip(audio, codes, submissions, strict=True)]
 
     _has_words = False
 

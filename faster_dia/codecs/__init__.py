@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import ClassVar, TypeVar
 
+import numpy as np
 import torch
 
 from ..errors import CheckpointError
@@ -62,6 +64,51 @@ class TransformersCodec:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    #: Frames on either side that an output sample depends on (the decoder's reach), for decoding in pieces.
+    left_context: ClassVar[int]
+    right_context: ClassVar[int]
+    #: Padded frames one batched decode call may hold (bounds the decoder's activations).
+    batch_frames: ClassVar[int] = 8192
+    hop_length: int
+    num_codebooks: int
+
+    def decode(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes [frames, num_codebooks] -> mono float32 audio of frames * hop_length samples."""
+        return self._decode_batch(codes[None])[0] if codes.shape[0] else np.zeros(0, dtype=np.float32)
+
+    def _decode_batch(self, codes: torch.Tensor) -> np.ndarray:
+        """Codes [batch, frames, num_codebooks] -> float32 audio [batch, frames * hop_length]."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def decode_many(self, codes: Sequence[torch.Tensor]) -> list[np.ndarray]:
+        """Each item of ``codes`` decoded as :meth:`decode` would, in few batched calls: the items, longest
+        last, are padded to the longest of their call and trimmed after. Where the decoder reaches right
+        (``right_context`` frames: DAC's convolutions are not causal), an item shorter than its call heard the
+        padding in its last frames; those are decoded again alone with ``left_context`` frames of history, as
+        the incremental decoder does, so every sample equals the single decode to float rounding."""
+        hop = self.hop_length
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(codes)
+        order = sorted((i for i in range(len(codes)) if codes[i].shape[0]), key=lambda i: codes[i].shape[0])
+        while order:
+            group = [order.pop(0)]
+            while order and (len(group) + 1) * codes[order[0]].shape[0] <= self.batch_frames:
+                group.append(order.pop(0))
+            longest = codes[group[-1]].shape[0]
+            batch = torch.zeros(len(group), longest, self.num_codebooks, dtype=torch.long)
+            for row, i in enumerate(group):
+                batch[row, : codes[i].shape[0]] = codes[i].long().cpu()
+            audio = self._decode_batch(batch)
+            for row, i in enumerate(group):
+                n = codes[i].shape[0]
+                samples = audio[row, : n * hop].copy()
+                if n < longest and self.right_context:
+                    start = max(n - self.right_context, 0)
+                    lo = max(start - self.left_context, 0)
+                    samples[start * hop :] = self.decode(codes[i][lo:n])[(start - lo) * hop :]
+                out[i] = samples
+        return out
 
 
 def load_transformers_codec(

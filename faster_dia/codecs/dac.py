@@ -35,10 +35,13 @@ class DacCodec(TransformersCodec):
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
 
+    # DAC's decoder is a stack of non-causal convolutions: an output sample depends on about nine frames on each
+    # side (measured by perturbing one frame), so 12 frames of context either way make pieces exact.
+    left_context = 12
+    right_context = 12
+
     def incremental_decoder(self) -> IncrementalDecoder:
-        # DAC's decoder is a stack of non-causal convolutions: an output sample depends on about nine frames
-        # on each side (measured by perturbing one frame), so 12 frames of context either way make it exact.
-        return IncrementalDecoder(self, left_context=12, right_context=12)
+        return IncrementalDecoder(self, left_context=self.left_context, right_context=self.right_context)
 
     @torch.inference_mode()
     def encode(self, pcm: np.ndarray) -> torch.Tensor:
@@ -52,9 +55,6 @@ class DacCodec(TransformersCodec):
         return codes[0].transpose(0, 1).long().cpu()
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> np.ndarray:
-        """Codes [frames, num_codebooks] -> mono float32 audio of frames * hop_length samples."""
-        if codes.shape[0] == 0:
-            return np.zeros(0, dtype=np.float32)
-        audio = self.model.decode(audio_codes=codes.T[None].to(self.device)).audio_values
-        return audio.reshape(-1).float().cpu().numpy()
+    def _decode_batch(self, codes: torch.Tensor) -> np.ndarray:
+        audio = self.model.decode(audio_codes=codes.transpose(1, 2).to(self.device)).audio_values
+        return audio.reshape(codes.shape[0], -1).float().cpu().numpy()

@@ -49,11 +49,14 @@ class MimiCodec(TransformersCodec):
         self.num_codebooks = int(cfg.num_quantizers)
         self.codebook_size = int(cfg.codebook_size)
 
+    # Mimi's decoder is causal (no look-ahead: padding after a result changes none of its samples) but its
+    # transformer reaches back a sliding window of 250 frames per layer. 250 frames (20 s) of history make
+    # streamed audio equal the full decode for results up to 20 s and a close approximation beyond.
+    left_context = 250
+    right_context = 0
+
     def incremental_decoder(self) -> IncrementalDecoder:
-        # Mimi's decoder is causal (no look-ahead) but its transformer reaches back a sliding window of
-        # 250 frames per layer. 250 frames (20 s) of history make streamed audio equal the full decode for
-        # results up to 20 s and a close approximation beyond.
-        return IncrementalDecoder(self, left_context=250, right_context=0)
+        return IncrementalDecoder(self, left_context=self.left_context, right_context=self.right_context)
 
     @torch.inference_mode()
     def encode(self, pcm: np.ndarray) -> torch.Tensor:
@@ -69,7 +72,6 @@ class MimiCodec(TransformersCodec):
         codes = self.model.encode(audio, num_quantizers=self.num_codebooks).audio_codes  # [1, n_q, frames]
         return codes[0].transpose(0, 1).long().cpu()
 
-    @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> np.ndarray:
         """Codes [frames, num_codebooks] -> mono float32 audio of frames * hop_length samples in [-1, 1]."""
         if codes.shape[0] == 0:
@@ -78,5 +80,9 @@ class MimiCodec(TransformersCodec):
             raise InvalidInputError(
                 f"Mimi codes must have shape [frames, {self.num_codebooks}], got {list(codes.shape)}."
             )
-        audio = self.model.decode(codes.T[None].long().to(self.device)).audio_values
-        return audio.clamp(-1.0, 1.0).reshape(-1).float().cpu().numpy()
+        return super().decode(codes)
+
+    @torch.inference_mode()
+    def _decode_batch(self, codes: torch.Tensor) -> np.ndarray:
+        audio = self.model.decode(codes.transpose(1, 2).long().to(self.device)).audio_values
+        return audio.clamp(-1.0, 1.0).reshape(codes.shape[0], -1).float().cpu().numpy()
