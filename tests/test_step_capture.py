@@ -8,14 +8,19 @@ device-to-host read or host data cannot be recorded at all.
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 import torch
 from dia1_requests import SCRIPTS, dia1_request
 
+from faster_dia.models import graphs
 from faster_dia.models.dia1.generator import Dia1Generator
 from faster_dia.models.dia2.generator import Dia2Generator
 from faster_dia.models.graphs import (
+    COMPILED,
+    COMPILED_CUDA_GRAPHS,
     CUDA_GRAPHS,
     EAGER,
     TRACE,
@@ -126,38 +131,93 @@ def test_a_recorded_step_replays_on_the_current_buffer_contents():
     assert runner.recorded_shapes == 1
 
 
-def test_a_failed_cuda_capture_falls_back_to_eager_steps(monkeypatch, caplog):
-    """Without a GPU the CUDA calls are stood in for; what is checked is the runner's own logic: the warm-up
-    run does the step's work exactly once, a capture that fails is reported, and later steps run eagerly."""
+def _fake_cuda(monkeypatch, *, fail: bool):
+    """Stand-ins for the CUDA calls the runner makes; returns the log of what the graphs were asked to do."""
     import contextlib
+
+    calls = []
 
     class FakeStream:
         def wait_stream(self, other):
             pass
 
     class FakeGraph:
+        def capture_begin(self, pool=None, capture_error_mode=None):
+            calls.append(("begin", pool, capture_error_mode, gc.isenabled()))
+            if fail:
+                raise RuntimeError("operation not permitted when stream is capturing")
+
+        def capture_end(self):
+            calls.append(("end",))
+
         def pool(self):
             return "pool"
 
-    @contextlib.contextmanager
-    def failing_capture(graph, pool=None, capture_error_mode=None):
-        raise RuntimeError("operation not permitted when stream is capturing")
-        yield
+        def replay(self):
+            calls.append(("replay",))
 
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "current_stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", failing_capture)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: calls.append(("synchronize",)))
+    return calls
+
+
+def test_a_failed_cuda_capture_falls_back_to_eager_steps(monkeypatch, caplog):
+    """Without a GPU the CUDA calls are stood in for; what is checked is the runner's own logic: the warm-up
+    run does the step's work exactly once, a capture that fails is reported, and later steps run eagerly."""
+    _fake_cuda(monkeypatch, fail=True)
     runs = []
     runner = StepRunner(CUDA_GRAPHS)
     with caplog.at_level("WARNING", logger="faster_dia.models.graphs"):
         runner.run("a", lambda: runs.append("a"))
     assert runs == ["a"] and runner.mode == EAGER and not runner.bucketed
     assert "CUDA graph capture failed" in caplog.text
+    assert gc.isenabled()
     runner.run("a", lambda: runs.append("a"))
     runner.run("b", lambda: runs.append("b"))
     assert runs == ["a", "a", "b"]
+
+
+def test_captures_collect_garbage_once_and_leave_the_allocator_cache_alone(monkeypatch):
+    """torch.cuda.graph() synchronises, empties the allocator cache (and may collect) on every capture; the
+    runner collects once, before its first capture, and keeps the collector off during each capture."""
+    calls = _fake_cuda(monkeypatch, fail=False)
+    collections = []
+    monkeypatch.setattr(graphs.gc, "collect", lambda: collections.append(1))
+    runner = StepRunner(CUDA_GRAPHS)
+    steps = []
+    for shape in ("a", "b", "c", "a"):
+        runner.run(shape, lambda shape=shape: steps.append((shape, gc.isenabled())))
+    assert len(collections) == 1
+    assert not any(c[0] in ("empty_cache", "synchronize") for c in calls)
+    begins = [c for c in calls if c[0] == "begin"]
+    assert [b[1] for b in begins] == [None, "pool", "pool"]  # one shared pool after the first graph
+    assert all(b[2] == "thread_local" and b[3] is False for b in begins)  # collector off while capturing
+    assert steps == [("a", True), ("a", False), ("b", True), ("b", False), ("c", True), ("c", False)]
+    assert calls[-1] == ("replay",) and gc.isenabled()
+
+
+def test_prepared_shapes_are_recorded_ahead_and_unseen_ones_after_warm_up_are_not_compiled(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(graphs, "_compiled", lambda step: compiled.append(step) or step)
+    counter = torch.zeros(1)
+    runner = StepRunner(COMPILED)
+    assert runner.bucketed
+    with torch.inference_mode():
+        runner.run("first", lambda: counter.add_(1))  # before any warm-up: compiled on first use
+        assert len(compiled) == 1 and runner.stalls == 0
+        assert runner.prepare("warm", lambda: counter.add_(10)) is True
+        assert runner.prepare("warm", lambda: counter.add_(10)) is False  # already recorded: nothing runs
+        assert len(compiled) == 2 and counter.item() == 11
+        runner.run("warm", lambda: counter.add_(1000))  # replays the prepared step (+10), not this one
+        runner.run("unseen", lambda: counter.add_(100))  # after warm-up: recorded, not compiled
+        runner.run("unseen", lambda: counter.add_(100))
+    assert counter.item() == 221 and len(compiled) == 2 and runner.stalls == 1
+    assert runner.recorded_shapes == 3
+    assert StepRunner(EAGER).prepare("x", lambda: counter.add_(1)) is False and counter.item() == 221
 
 
 def test_step_shape_buckets():
@@ -167,7 +227,8 @@ def test_step_shape_buckets():
     assert [power_of_two_at_least(n, 64, 1024) for n in (1, 64, 65, 700, 1024)] == [64, 64, 128, 1024, 1024]
 
 
-def test_cuda_graphs_are_the_default_on_cuda_only():
+def test_cuda_graphs_are_the_default_on_cuda_only(monkeypatch):
+    monkeypatch.delenv(graphs.COMPILE_ENV, raising=False)
     assert resolve_mode(torch.device("cpu"), None) == EAGER
     assert resolve_mode(torch.device("cuda"), None) == CUDA_GRAPHS
     assert resolve_mode(torch.device("cuda"), False) == EAGER
@@ -175,6 +236,31 @@ def test_cuda_graphs_are_the_default_on_cuda_only():
         resolve_mode(torch.device("cpu"), True)
     with pytest.raises(ValueError, match="unknown step mode"):
         StepRunner("fast")
+
+
+def test_compiling_is_chosen_by_name_or_by_the_environment(monkeypatch):
+    monkeypatch.delenv(graphs.COMPILE_ENV, raising=False)
+    assert resolve_mode(torch.device("cpu"), None, compile=True) == COMPILED
+    assert resolve_mode(torch.device("cuda"), None, compile=True) == COMPILED_CUDA_GRAPHS
+    monkeypatch.setenv(graphs.COMPILE_ENV, "1")
+    assert resolve_mode(torch.device("cpu"), None) == COMPILED
+    assert resolve_mode(torch.device("cuda"), None) == COMPILED_CUDA_GRAPHS
+    assert resolve_mode(torch.device("cuda"), None, compile=False) == CUDA_GRAPHS
+    monkeypatch.setenv(graphs.COMPILE_ENV, "maybe")
+    with pytest.raises(ValueError, match="FASTER_DIA_COMPILE must be 1 or 0"):
+        resolve_mode(torch.device("cpu"), None)
+
+
+def test_a_compiled_step_gives_the_eager_tokens(tts):
+    """Inductor (C++ on this machine) compiles the Dia-1.6B step once for its bucketed shape (one request, so one
+    shape and one compile: the compile is what takes the time); the sampled request run through it gets exactly
+    its eager tokens (float32: inductor's fused kernels change no token here)."""
+    request = _dia1_request(tts, 0)
+    alone = _run_schedule(Dia1Generator(tts.model, max_batch=1, step_mode=EAGER), [(0, "x", request)])["x"]
+    generator = Dia1Generator(tts.model, max_batch=1, step_mode=COMPILED)
+    got = _run_schedule(generator, [(0, "x", request)])["x"]
+    assert torch.equal(got, alone)
+    assert generator.runner.recorded_shapes == 1
 
 
 # ---------------------------------------------------------------------------- on a CUDA device, when present
