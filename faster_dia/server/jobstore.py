@@ -209,7 +209,8 @@ class JobStore:
         self.owner = owner or uuid.uuid4().hex
         self.owner_timeout = owner_timeout
         self.delivery_lease = delivery_lease
-        self.name = self.url.render_as_string(hide_password=True)
+        # As the user wrote it, less the password and the driver name.
+        self.name = self.url.set(drivername=self.url.get_backend_name()).render_as_string(hide_password=True)
         self.sqlite = self.url.get_backend_name() == "sqlite"
         try:
             if self.sqlite:
