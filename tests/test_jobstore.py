@@ -4,6 +4,7 @@ survives reopening, concurrent writers from threads and from two stores on one d
 
 from __future__ import annotations
 
+import os
 import socket
 import sqlite3
 import subprocess
@@ -372,6 +373,11 @@ def test_replicas_share_the_store_and_fail_only_a_stopped_ones_work(database, tm
         assert task.results[0].body["code"] == "serverRestarted"
         await until(lambda: asyncio.sleep(0, receiver.webhooks.get("replica")), "the webhook")
         await asyncio.sleep(0.2)  # time for a second delivery, were there one
+        # The gone replica's scratch files go once they are older than a starting replica's could be.
+        (first.scratch_dir / "clip.wav").write_bytes(b"left behind")
+        os.utime(first.scratch_dir, (0, 0))
+        await until(lambda: asyncio.sleep(0, not first.scratch_dir.exists()), "the scratch files to go")
+        assert second.scratch_dir.is_dir()
         await second.stop()
 
     with running(receiver.app) as url:
