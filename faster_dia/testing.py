@@ -783,7 +783,7 @@ def finish(generator, state):
 
 def delayed_tokens(generator, state):
     """A Dia-1.6B request's delayed token sequence so far, positions 0 … current (prompt included)."""
-    return generator.tokens[state.slot, : state.position + 1].clone()
+    return generator.tokens[state.row, : state.position + 1].clone()
 
 
 # --------------------------------------------------------------------------------------------------------

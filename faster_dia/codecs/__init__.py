@@ -82,12 +82,19 @@ class TransformersCodec:
         raise NotImplementedError
 
     @torch.inference_mode()
-    def decode_many(self, codes: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    def decode_many(self, codes: Sequence[torch.Tensor], *, batched: bool | None = None) -> list[np.ndarray]:
         """Each item of ``codes`` decoded as :meth:`decode` would, in few batched calls: the items, longest
         last, are padded to the longest of their call and trimmed after. Where the decoder reaches right
         (``right_context`` frames: DAC's convolutions are not causal), an item shorter than its call heard the
         padding in its last frames; those are decoded again alone with ``left_context`` frames of history, as
-        the incremental decoder does, so every sample equals the single decode to float rounding."""
+        the incremental decoder does, so every sample equals the single decode to float rounding.
+
+        ``batched`` defaults to on for a codec on CUDA, where one call keeps the GPU busy instead of launching
+        per result; a CPU is busy either way, and the padding would be extra work (bench/bench_dense.py)."""
+        if batched is None:
+            batched = self.device.type == "cuda"
+        if not batched:
+            return [self.decode(c) for c in codes]
         hop = self.hop_length
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(codes)
         order = sorted((i for i in range(len(codes)) if codes[i].shape[0]), key=lambda i: codes[i].shape[0])
