@@ -27,7 +27,10 @@ _names = itertools.count()
 
 def binaries() -> Path | None:
     """The newest installed PostgreSQL's bin directory (Debian's layout first, then the PATH)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parent.parent.name))
+    def version(initdb: str) -> tuple[int, ...]:  # Debian's directories are named 15, 16, or 9.6 of old
+        return tuple(int(part) for part in Path(initdb).parent.parent.name.split(".") if part.isdigit())
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
