@@ -35,7 +35,7 @@ def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> 
                    help="run decode steps eagerly on CUDA instead of replaying them as CUDA graphs")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="record the common decode step shapes (CUDA graphs) while loading, at most 120 s "
-                        "(default: on with CUDA graphs, off elsewhere)")
+                        "(default: on with CUDA graphs for serve and ui; off for speak and on a CPU)")
 
 
 def _add_ray_options(p) -> None:
@@ -236,7 +236,8 @@ def _speak(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    tts = load(model, **_load_options(args))
+    # One script meets a handful of step shapes: recording them all first would cost more than it saves.
+    tts = load(model, **{**_load_options(args), "warmup": bool(args.warmup)})
     if args.voice is not None:
         from .voices import VoiceLibrary
 
