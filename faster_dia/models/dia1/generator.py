@@ -356,7 +356,7 @@ class Dia1Generator(SlotGenerator[SlotState]):
         finished = []
         for launch_row, state in step.rows:
             if state.finished or self._states.get(state.slot) is not state:
-                continue  # finished at the step before (its row did not move), or released since
+                continue  # reported already (it ended at the step before: this one left its row as it was), or released
             row = state.row  # a request may have moved to a lower row since the launch
             self._host_ahead[row] -= 1
             self._host_position[row] += 1
