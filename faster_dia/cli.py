@@ -398,6 +398,18 @@ def _has_cuda() -> bool:
 
 def _serve_ray(args: argparse.Namespace, models: list[str], codecs: list, load_options: dict, keys: list[str],
                hosted: dict) -> int:
+    import socket
+
+    from .loading import read_config
+
+    # As plain serve does: a missing model or an unknown layout fails now, not in every replica.
+    for model in models:
+        read_config(model, load_options.get("revision"))
+    if args.ray_address is None:  # Serve's proxy binds the port later, in its own process: see that it is free
+        try:
+            socket.create_server((args.host, args.port), reuse_port=False).close()
+        except OSError as exc:
+            raise FasterDiaError(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}.") from exc
     pricing = hosted["pricing"]
     server = dict(default_model=args.default_model, lazy=args.lazy, idle_unload=args.idle_unload,
                   chunk_seconds=args.chunk_seconds, default_seed=args.seed, metrics_public=args.metrics_public,

@@ -56,7 +56,9 @@ def cluster(tmp_path_factory):
     env = {"RAY_USAGE_STATS_ENABLED": "0", ray_serve.PROXY_CALLBACK_ENV: ray_serve.PROXY_CALLBACK,
            # Replicas and handles report their load often, so autoscaling decides within a second.
            "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
-           "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25"}
+           "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
+           # Ray's metrics agent exports what replicas record within a second.
+           "RAY_metrics_report_interval_ms": "1000"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     port = _free_port()
@@ -158,6 +160,25 @@ def test_streams_and_the_websocket_pass_through_the_proxy(cluster):
     assert f'replica="{replica}"' in metrics.text
     assert all(f'replica="{replica}"' in line for line in metrics.text.splitlines()
                if line.startswith("faster_dia_") and "{" in line)
+
+
+def test_every_replicas_metrics_reach_rays_metrics_export(cluster):
+    """Scraping the node's Ray metrics port gets faster-dia's series of both replicas, told apart by replica."""
+    (node,) = ray.nodes()
+    export = f"http://127.0.0.1:{node['MetricsExportPort']}/metrics"
+    served = {httpx.post(f"{cluster['url']}/v1/audio/speech", json=speech(i, max_new_tokens=20),
+                         timeout=WAIT).headers[ray_serve.REPLICA_HEADER] for i in range(8)}
+    assert len(served) == 2
+    deadline = time.monotonic() + WAIT
+    while True:
+        lines = [line for line in httpx.get(export, timeout=WAIT).text.splitlines()
+                 if line.startswith("ray_faster_dia_batch_slots{")]
+        seen = {replica for replica in served for line in lines if f'replica="{replica}"' in line}
+        if seen == served:
+            break
+        assert time.monotonic() < deadline, lines
+        time.sleep(1.0)
+    assert all(line.rstrip().endswith(f" {MAX_BATCH}.0") for line in lines), lines
 
 
 def test_a_replica_that_dies_fails_its_requests_cleanly_and_is_replaced(cluster):
@@ -278,3 +299,14 @@ def test_config_file_is_a_valid_serve_config(tmp_path, capsys):
     assert ray_serve.build_app(app.args) is not None
     with pytest.raises(Exception, match="Unknown faster-dia application args: colour"):
         ray_serve.build_app({**app.args, "colour": "red"})
+
+
+def test_serve_ray_checks_the_model_and_the_port_before_starting_ray(tmp_path, capsys):
+    assert cli_main(["serve", "--ray", "--model", str(tmp_path / "missing"), "--data-dir", str(tmp_path)]) == 2
+    assert "missing" in capsys.readouterr().err
+    model = write_tiny_checkpoint("dia-1.6b-0626", tmp_path / "model")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert cli_main(["serve", "--ray", "--model", str(model), "--port", str(port),
+                         "--data-dir", str(tmp_path)]) == 2
+    assert f"Cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err

@@ -10,8 +10,9 @@ reports, and never sends a replica more than ``max_ongoing_requests``. That is s
 engine (``2 × max_batch``): one batch decoding and one waiting in the engine's queue, so a slot that frees is
 filled at once from the replica's own queue, while requests beyond that wait in Serve's queue for whichever
 replica frees first instead of being dealt round-robin to a busy one. An HTTP request holds one engine
-request for its life (a long script holds its chunks one batch at a time), so ongoing requests is the
-engine's load as the router sees it without a staleness window. The same figure drives autoscaling
+request for its life (a long script's later chunks may take a few slots at once; the engine's queue absorbs
+them), so ongoing requests is the engine's load as the router sees it, live, where routing stats reported by
+the replicas (``record_routing_stats`` with a custom router) would arrive on a period and lag a burst. The same figure drives autoscaling
 (``target_ongoing_requests`` = ``max_batch``: a replica whose batch is full asks for another).
 
 Shared state: the voice library (``voices``), the task API's data directory (``data_dir``) and its database
@@ -29,6 +30,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,8 +43,9 @@ DEPLOYMENT = "FasterDia"
 APP_NAME = "faster-dia"
 #: Response header naming the replica that answered (the Serve replica id, as in the ``replica`` metric label).
 REPLICA_HEADER = "x-faster-dia-replica"
-#: ``max_batch`` of each replica when none is given: the engine's own default on CPU; on GPUs a size that
-#: the published checkpoints fit on a 24 GB card. It is fixed up front because the router's bound is made from it.
+#: ``max_batch`` of each replica when none is given: the engine's own default on CPU; on GPUs a moderate size
+#: (``--max-batch`` uses a large GPU fully). It is fixed up front because the router's bound is made from it,
+#: where plain ``serve`` sizes it to the free memory after loading.
 DEFAULT_MAX_BATCH = {"cpu": 4, "gpu": 16}
 
 
@@ -225,6 +228,51 @@ class ReplicaLoss:
             pass
 
 
+class RayMetricsExport:
+    """A replica's ``/metrics``, mirrored into Ray's metrics every few seconds.
+
+    Through the proxy a scrape of ``/metrics`` reaches one replica. Ray's metrics agent on every node exports
+    what the replicas of that node record with ``ray.serve.metrics`` (Serve tags each series with its
+    deployment, replica and application), so scraping the nodes' metrics ports gets every replica's series,
+    named ``ray_`` + the faster-dia name. Every sample becomes a gauge (counters and histogram buckets keep
+    their cumulative values, so ``rate()`` and ``histogram_quantile()`` work on them as on the originals).
+    """
+
+    PERIOD_S = 5.0
+
+    def __init__(self, metrics: Any):
+        self.metrics = metrics
+        self.gauges: dict[str, Any] = {}
+
+    def export(self) -> None:
+        from ray.serve.metrics import Gauge
+
+        for metric in self.metrics.registry.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_created"):
+                    continue
+                # Serve adds the replica tag itself (and reserves the name).
+                tags = {k: v for k, v in sample.labels.items() if k != "replica"}
+                gauge = self.gauges.get(sample.name)
+                if gauge is None:
+                    gauge = self.gauges[sample.name] = Gauge(sample.name, description=metric.documentation,
+                                                             tag_keys=tuple(sorted(tags)))
+                gauge.set(sample.value, tags=tags)
+
+    def start(self) -> None:
+        import threading
+
+        def loop() -> None:
+            while True:
+                try:
+                    self.export()
+                except Exception:  # metrics must never take a replica down
+                    log.warning("exporting metrics to Ray failed", exc_info=True)
+                time.sleep(self.PERIOD_S)
+
+        threading.Thread(target=loop, name="faster-dia-ray-metrics", daemon=True).start()
+
+
 class FasterDiaReplica:
     """One replica: its own models and engines, and the whole HTTP application around them."""
 
@@ -256,6 +304,7 @@ class FasterDiaReplica:
                                          per_gpu_second=o.price_per_gpu_second),
                          quota=o.quota, allow_file_dir=o.allow_file_dir)
         app.state.server.metrics.add_labels(replica=self.replica)
+        RayMetricsExport(app.state.server.metrics).start()
         app.add_middleware(ReplicaHeader, replica=self.replica)
         return app
 
@@ -310,8 +359,6 @@ def run(options: ServerOptions, deployment: dict[str, Any], *, host: str, port: 
     """Start a local Ray cluster (or join the one at ``address``), run the application on ``host:port`` through
     Serve's proxy, and wait until interrupted. On the way out a local cluster is shut down; on a cluster that
     was joined only this application is deleted."""
-    import time
-
     import ray
     from ray import serve
 
