@@ -28,7 +28,11 @@ def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> 
                             "kyutai/mimi for Dia2)")
     p.add_argument("--device", default=None, help="cuda, mps or cpu (default: the best available)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="compute dtype (default bfloat16 on CUDA, float32 elsewhere)")
+                   help="compute dtype (default bfloat16 on CUDA and on CPUs with native bfloat16, float32 elsewhere)")
+    p.add_argument("--quantize", default=None, choices=["int8", "int8-dynamic", "int4", "fp8"],
+                   help="store the transformer's linear weights quantized: int8 (any device), int8-dynamic (CPU, "
+                        "int8 activations too: the fastest on CPU), int4 (CUDA, CPU), fp8 (CUDA, compute "
+                        "capability >= 8.9)")
     p.add_argument("--max-batch", type=int, default=None,
                    help="requests decoded together (default: on CUDA what half the free GPU memory holds, up to 64; 4 elsewhere)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
@@ -208,7 +212,7 @@ def _read_script(args: argparse.Namespace) -> str:
 
 def _load_options(args: argparse.Namespace) -> dict:
     return dict(device=args.device, dtype=args.dtype, codec=args.codec, revision=args.revision,
-                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs, warmup=args.warmup)
+                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs, quantize=args.quantize, warmup=args.warmup)
 
 
 def _speak(args: argparse.Namespace) -> int:
@@ -227,7 +231,8 @@ def _speak(args: argparse.Namespace) -> int:
     if not args.output.parent.is_dir():
         raise FasterDiaError(f"Cannot write {args.output}: the directory {args.output.parent} does not exist.")
     model = args.model or DEFAULT_MODEL
-    check_load_options(**{k: v for k, v in _load_options(args).items() if k in ("dtype", "max_batch", "cuda_graphs")})
+    check_load_options(**{k: v for k, v in _load_options(args).items()
+                          if k in ("dtype", "max_batch", "cuda_graphs", "quantize")})
     config, source = read_config(model, args.revision)
     family = family_of(config, source).FAMILY
     options = _speak_options(args, family)
@@ -334,7 +339,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.allow_file_dir is not None and not args.allow_file_dir.is_dir():
         raise FasterDiaError(f"--allow-file-dir {args.allow_file_dir} is not a directory.")
     options = {**_load_options(args), "max_queue": args.max_queue}
-    check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "max_queue", "cuda_graphs")})
+    check_load_options(**{k: v for k, v in options.items()
+                          if k in ("dtype", "max_batch", "max_queue", "cuda_graphs", "quantize")})
     keys = [k for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("FASTER_DIA_API_KEYS", "").split(",") if k.strip()]
     logging.getLogger("faster_dia").setLevel(logging.DEBUG if args.verbose else logging.INFO)

@@ -8,6 +8,7 @@ a missing model is reported at once.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -35,6 +36,10 @@ FAMILIES = (
 )
 
 DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+#: Quantized weight modes of ``load(quantize=...)`` (faster_dia.models.quantize): int8 weights (any device),
+#: int8 weights and activations (CPU), int4 weights (CUDA, CPU), float8 (CUDA, compute capability 8.9+).
+QUANTIZE_MODES = ("int8", "int8-dynamic", "int4", "fp8")
 
 #: Requests decoded together by default off CUDA, and at most by default on CUDA.
 DEFAULT_MAX_BATCH_CPU = 4
@@ -95,12 +100,34 @@ def check_dtype_name(dtype: Any) -> None:
         raise InvalidInputError(f"Unsupported dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}.", param="dtype")
 
 
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``flags`` on x86, ``Features`` on Arm, from /proc/cpuinfo); empty where there is
+    no such file."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX on x86, the BF16 extension on Arm).
+    Without it torch converts to float32 and back, and bfloat16 runs slower than float32."""
+    return bool({"avx512_bf16", "amx_bf16", "bf16"} & cpu_flags())
+
+
 def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     import torch
 
     dtypes = {name: getattr(torch, name) for name in DTYPE_NAMES}
     if dtype is None:
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        native_bf16 = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+        return torch.bfloat16 if native_bf16 else torch.float32
     if isinstance(dtype, torch.dtype):
         if dtype in dtypes.values():
             return dtype
@@ -131,10 +158,14 @@ def default_max_batch(device: torch.device, per_request_bytes: int) -> int:
 
 
 def check_load_options(*, dtype: Any = None, max_batch: Any = None, max_queue: Any = None,
-                       cuda_graphs: Any = None, warmup: Any = None, warmup_seconds: Any = 120.0) -> None:
+                       cuda_graphs: Any = None, quantize: Any = None, warmup: Any = None,
+                       warmup_seconds: Any = 120.0) -> None:
     """The checks of ``load``'s options that need neither torch nor the model, for callers (the command line,
     the server) that want to refuse bad options before loading anything."""
     check_dtype_name(dtype)
+    if quantize is not None and quantize not in QUANTIZE_MODES:
+        raise InvalidInputError(f"Unsupported quantize mode {quantize!r}; use one of {', '.join(QUANTIZE_MODES)}.",
+                                param="quantize")
     if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
         raise InvalidInputError(f"cuda_graphs must be True, False or None, got {cuda_graphs!r}.", param="cuda_graphs")
     if max_batch is not None and (isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1):
@@ -161,6 +192,7 @@ def load(
     cuda_graphs: bool | None = None,
     voices: Any = None,
     asr: Any = None,
+    quantize: str | None = None,
     warmup: bool | None = None,
     warmup_seconds: float = 120.0,
 ) -> SpeechModel:
@@ -176,11 +208,17 @@ def load(
     ``asr`` the speech recognizer for voice prompts without a transcript (a loaded one, a Whisper size or a
     CTranslate2 directory; default: ``faster_dia.asr``'s default, loaded on first need).
 
+    ``quantize`` stores the transformer's linear weights quantized (``faster_dia.models.quantize``): ``"int8"``
+    (int8 weights; any device), ``"int8-dynamic"`` (int8 weights and activations; CPU, the fastest there),
+    ``"int4"`` (CUDA, CPU) or ``"fp8"`` (CUDA GPUs of compute capability 8.9 or higher); None keeps them in
+    ``dtype``. The compute dtype defaults to bfloat16 on CUDA and on CPUs with native bfloat16, float32
+    elsewhere.
+
     ``warmup`` records the common decode step shapes (CUDA graphs) at load, with a progress bar, so that the
     first requests do not wait for captures; at most ``warmup_seconds``, the rest is recorded on first use.
     Default: on where steps are replayed on CUDA, off elsewhere."""
     check_load_options(dtype=dtype, max_batch=max_batch, max_queue=max_queue, cuda_graphs=cuda_graphs,
-                       warmup=warmup, warmup_seconds=warmup_seconds)
+                       quantize=quantize, warmup=warmup, warmup_seconds=warmup_seconds)
     config, source = read_config(model, revision)
     family = family_of(config, source)
 
@@ -190,10 +228,21 @@ def load(
     if cuda_graphs and dev.type != "cuda":
         raise InvalidInputError(f"CUDA graphs need a CUDA device; the model would run on {dev.type}.",
                                 param="cuda_graphs")
+    if quantize is not None:
+        from .models.quantize import check_quantize
+
+        check_quantize(quantize, dev, family.FAMILY)
     tts = family.load(model, revision=revision, device=dev, dtype=pick_dtype(dtype, dev), codec=codec,
                       codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
                       step_mode=resolve_mode(dev, cuda_graphs))
     tts.model_id = public_id(model)
+    tts.quantize = quantize
+    if quantize is not None:
+        # Before the first step: a recorded step (CUDA graph, trace) must see the quantized weights.
+        from .models.quantize import quantize_model
+
+        report = quantize_model(tts.model, family.FAMILY, quantize)
+        log.info("%s: %s", tts.model_id, report)
     generator = tts.engine.generator
     if warmup if warmup is not None else dev.type == "cuda" and generator.runner.bucketed:
         # Last: a recorded step bakes in the weights it sees (quantized ones included).
