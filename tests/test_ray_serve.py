@@ -116,9 +116,10 @@ def test_concurrent_openai_requests_are_spread_over_both_replicas(cluster):
     # 40 steps with the 15-step EOS tail: 24 frames of 512 samples, for every request, on either replica.
     assert {(n, rate) for _, n, rate in results} == {(24 * 512, 44100)}
     # The same seed gives the same audio whichever replica answers (each has its own engine and batch).
-    same = [client.audio.speech.with_raw_response.create(
-        model="tts-1", voice="alloy", input="[S1] Same seed.", response_format="pcm",
-        extra_body={"seed": 7, "max_new_tokens": 40}) for _ in range(6)]
+    with ThreadPoolExecutor(6) as pool:
+        same = list(pool.map(lambda _: client.audio.speech.with_raw_response.create(
+            model="tts-1", voice="alloy", input="[S1] Same seed.", response_format="pcm",
+            extra_body={"seed": 7, "max_new_tokens": 40}), range(6)))
     assert len({r.content for r in same}) == 1
     assert len({r.headers[ray_serve.REPLICA_HEADER] for r in same}) == 2
 
@@ -160,6 +161,38 @@ def test_streams_and_the_websocket_pass_through_the_proxy(cluster):
     assert f'replica="{replica}"' in metrics.text
     assert all(f'replica="{replica}"' in line for line in metrics.text.splitlines()
                if line.startswith("faster_dia_") and "{" in line)
+
+
+def test_voices_and_task_results_are_shared_by_the_replicas(cluster):
+    import uuid
+
+    import numpy as np
+
+    url = cluster["url"]
+    clip = io.BytesIO()
+    sf.write(clip, 0.3 * np.sin(2 * np.pi * 220 * np.arange(32000) / 16000), 16000, format="WAV")
+    added = httpx.post(f"{url}/v1/voices", data={"name": "Tone", "transcript": "[S1] Just a tone."},
+                       files={"audio": ("tone.wav", clip.getvalue(), "audio/wav")}, timeout=WAIT)
+    assert added.status_code == 201, added.text
+    # Concurrent, so that the router spreads them by load: both replicas speak in the voice one of them stored.
+    with ThreadPoolExecutor(8) as pool:
+        spoken = list(pool.map(lambda i: httpx.post(f"{url}/v1/audio/speech", timeout=WAIT,
+                                                    json={**speech(i, max_new_tokens=60), "voice": "tone"}), range(8)))
+    assert all(r.status_code == 200 for r in spoken), [r.text for r in spoken]
+    assert len({r.headers[ray_serve.REPLICA_HEADER] for r in spoken}) == 2
+
+    task = {"taskType": "audioInference", "taskUUID": str(uuid.uuid4()), "model": "dia", "seed": 7,
+            "positivePrompt": "[S1] A task.", "outputFormat": "WAV", "settings": {"maxNewTokens": 30}}
+    made = httpx.post(f"{url}/v1/tasks", json=[task], timeout=WAIT)
+    assert made.status_code == 200, made.text
+    (entry,) = made.json()["data"]
+    # Any replica serves the file one replica wrote and answers for its task.
+    fetched = [httpx.get(entry["audioURL"], timeout=WAIT) for _ in range(6)]
+    polled = [httpx.post(f"{url}/v1/tasks", json=[{"taskType": "getResponse", "taskUUID": task["taskUUID"]}],
+                         timeout=WAIT) for _ in range(6)]
+    assert {r.content for r in fetched} == {fetched[0].content} and fetched[0].status_code == 200
+    assert all(r.json()["data"][0]["audioURL"] == entry["audioURL"] for r in polled)
+    assert len({r.headers[ray_serve.REPLICA_HEADER] for r in fetched + polled}) == 2
 
 
 def test_every_replicas_metrics_reach_rays_metrics_export(cluster):
