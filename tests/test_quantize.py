@@ -163,6 +163,15 @@ def test_the_memory_of_the_quantized_weights(dirs, full):
     for mode, stored in (("int8", elements + 4 * rows), ("int4", elements // 2 + 4 * groups)):
         tts = faster_dia.load(dirs["dia"], codec=dirs["dac"], device="cpu", quantize=mode)
         assert q.weight_bytes(tts.model) == before - 4 * elements + stored, mode
+        if mode == "int8":
+            # The server shows the mode and the bytes.
+            from starlette.testclient import TestClient
+
+            from faster_dia.server import create_app
+
+            with TestClient(create_app(tts)) as client:
+                (entry,) = client.get("/health").json()["models"]
+            assert entry["quantize"] == "int8" and entry["weight_bytes"] == before - 4 * elements + stored
         tts.close()
 
 

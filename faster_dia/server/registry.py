@@ -84,6 +84,22 @@ class HostedModel:
         return None if self.spec is None else self.spec.options.get("device")
 
     @property
+    def quantize(self) -> str | None:
+        if self.tts is not None:
+            return getattr(self.tts, "quantize", None)
+        return None if self.spec is None else self.spec.options.get("quantize")
+
+    @property
+    def weight_bytes(self) -> int | None:
+        """The loaded network's weight bytes (quantized weights as stored); None when not loaded."""
+        network = getattr(self.tts, "model", None)
+        if network is None:
+            return None
+        from ..models.quantize import weight_bytes
+
+        return weight_bytes(network)
+
+    @property
     def reloadable(self) -> bool:
         return self.spec is not None
 

@@ -191,6 +191,8 @@ class ModelHealth(BaseModel):
     waiting: int = 0
     running: int = 0
     max_batch: int | None = None
+    quantize: str | None = None  # the quantized weight mode it was loaded with (faster_dia.load(quantize=...))
+    weight_bytes: int | None = None  # its network's weights as held in memory (quantized ones as stored)
 
 
 class Health(BaseModel):

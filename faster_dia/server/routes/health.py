@@ -20,6 +20,7 @@ async def health(request: Request) -> Health:
         if model.tts is not None:
             stats = model.tts.engine.stats()
             entry.waiting, entry.running, entry.max_batch = stats.waiting, stats.running, stats.max_batch
+            entry.quantize, entry.weight_bytes = model.quantize, model.weight_bytes
         models.append(entry)
     default = state.models.default
     queue = default.tts.engine.max_queue if default.tts is not None else None
