@@ -11,6 +11,11 @@ those counts beside the new ones.
 
     python bench/bench_ops.py                                   # writes bench/results/ops.json
     python bench/bench_ops.py --before bench/results/ops_before.json
+    python bench/bench_ops.py --speed                           # and CPU steps/s per step mode (tiny models)
+
+``--speed`` also times the tiny checkpoints' steps on this machine's CPU, one thread, in the eager, trace and
+compiled step modes (the whole ``generator.step()``, host part included), with the time the first compiled step
+took (the compile), so that whether inductor helps a CPU step is measured, not assumed.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
+import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -31,7 +39,7 @@ from faster_dia.models.dia1.model import Dia1Model
 from faster_dia.models.dia2.config import Dia2Config
 from faster_dia.models.dia2.generator import Dia2Generator, Dia2StepShape
 from faster_dia.models.dia2.model import Dia2Model
-from faster_dia.models.graphs import TRACE, StepRunner, launches_kernel
+from faster_dia.models.graphs import COMPILED, EAGER, TRACE, StepRunner, launches_kernel
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "bench" / "results" / "ops.json"
@@ -126,6 +134,63 @@ def measure(name: str) -> dict:
     return row
 
 
+def _speed_generators(root: Path):
+    """A tiny Dia-1.6B (EOS never wins) and a tiny Dia2 model, with a request factory for each."""
+    from faster_dia.models.dia1.checkpoint import load_checkpoint as load_dia1
+    from faster_dia.models.dia1.generator import Dia1Request
+    from faster_dia.models.dia2.checkpoint import load_checkpoint as load_dia2
+    from faster_dia.models.dia2.generator import Dia2Request
+    from faster_dia.models.dia2.text import Entry
+    from faster_dia.testing import write_tiny_checkpoint
+
+    checkpoint = load_dia1(write_tiny_checkpoint("dia-1.6b-0626", root / "dia1", eos_logit_scale=0.0))
+    dia1 = Dia1Model.from_hf_state_dict(checkpoint.config, checkpoint.state_dict)
+    text = torch.tensor(list(b"[S1] A line of about sixty bytes for the timing of steps."), dtype=torch.long)
+
+    def dia1_request(i):
+        return Dia1Request(text=text, seed=i, temperature=1.2, top_k=45, cfg_scale=3.0)
+
+    checkpoint = load_dia2(write_tiny_checkpoint("dia2", root / "dia2"))
+    dia2 = Dia2Model.from_state_dict(checkpoint.config, checkpoint.state_dict)
+    words = [Entry(tokens=[100 + i % 200], text=f"w{i}", padding=1) for i in range(400)]
+
+    def dia2_request(i):
+        return Dia2Request(entries=list(words), seed=i, cfg_scale=2.0)
+
+    return {"dia1-tiny": (Dia1Generator, dia1, dia1_request), "dia2-tiny": (Dia2Generator, dia2, dia2_request)}
+
+
+def speed(root: Path, steps: int, repeats: int) -> dict:
+    """Steps per second of the tiny models per step mode, batch 1 and 4, one thread."""
+    torch.set_num_threads(1)
+    results = {}
+    for name, (cls, model, request) in _speed_generators(root).items():
+        for batch in (1, 4):
+            for mode in (EAGER, TRACE, COMPILED):
+                generator = cls(model, max_batch=batch, step_mode=mode)
+                times, first = [], None
+                for repeat in range(repeats + 1):  # the first round is untimed: it records the step shapes
+                    states = [generator.prepare(request(i)) for i in range(batch)]
+                    start = time.perf_counter()
+                    generator.step()
+                    first = first or time.perf_counter() - start
+                    for _ in range(2):
+                        generator.step()
+                    start = time.perf_counter()
+                    for _ in range(steps):
+                        generator.step()
+                    if repeat:
+                        times.append((time.perf_counter() - start) / steps * 1000)
+                    for state in states:
+                        generator.release(state)
+                row = {"min_ms": min(times), "median_ms": statistics.median(times),
+                       "steps_per_s": 1000 / statistics.median(times), "first_step_s": first}
+                results[f"{name}-b{batch}-{mode}"] = row
+                print(f"{name} batch {batch} {mode}: {row['median_ms']:.2f} ms/step (min {row['min_ms']:.2f}), "
+                      f"first step {first:.1f} s", file=sys.stderr)
+    return results
+
+
 def _table(results: dict, before: dict | None) -> str:
     cols = ["total", "layer", "transformer", "depformer", "depformer_layer_per_frame", "hash", "sampling", "step"]
     lines = ["| case | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -146,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--before", type=Path, help="an earlier run's JSON, shown beside this run's counts")
+    parser.add_argument("--speed", action="store_true", help="also time the tiny models' CPU steps per mode")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps per repeat (--speed)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats (--speed)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     names = [n for n in args.cases.split(",") if n]
@@ -158,8 +226,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"counting {name} …", file=sys.stderr)
         results[name] = measure(name)
     print(_table(results, before))
+    timings = None
+    if args.speed:
+        with tempfile.TemporaryDirectory() as root:
+            timings = speed(Path(root), args.steps, args.repeats)
+        print("\n| case | ms/step median | min | steps/s | first step s |\n|---|---|---|---|---|")
+        for name, row in timings.items():
+            print(f"| {name} | {row['median_ms']:.2f} | {row['min_ms']:.2f} | {row['steps_per_s']:.0f} | "
+                  f"{row['first_step_s']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"torch": torch.__version__, "results": results, "before": before}, indent=1))
+    args.out.write_text(json.dumps({"torch": torch.__version__, "results": results, "before": before,
+                                    "speed": timings}, indent=1))
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

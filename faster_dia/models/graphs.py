@@ -172,7 +172,8 @@ class StepRunner:
             return
         if self._prepared:
             self.stalls += 1
-            log.info("step shape %s first seen while serving; recorded without compiling", shape)
+            log.info("step shape %s first seen while serving; recorded%s", shape,
+                     " without compiling" if self.compiles else "")
         self._record(shape, step, compile=not self._prepared)
 
     def prepare(self, shape: Hashable, step: Callable[[], None]) -> bool:
