@@ -50,8 +50,11 @@ def candidate_noise(draw_key: torch.Tensor, token_ids: torch.Tensor) -> torch.Te
     """Uniform numbers in (0, 1), one per entry of ``token_ids`` [B, C, K] (channel c, candidates), for the
     rows' draw keys [B] (:func:`draw_keys`)."""
     B, C, K = token_ids.shape
-    # key + (token + channel * 4096) * _CELL with the channel's term folded into the per-row part (exact in int64)
-    base = draw_key.view(B, 1, 1) + _channel_terms(C, token_ids.device)
+    # key + (token + channel * 4096) * _CELL with the channel's term folded into the per-row part (exact in int64;
+    # one channel adds nothing)
+    base = draw_key.view(B, 1, 1)
+    if C > 1:
+        base = base + _channel_terms(C, token_ids.device)
     x = _mix32(base + token_ids * _CELL)
     # ((x >> 8) + 0.5) / 2**24: the int64 -> float32 conversion happens inside the add, as a cast would do it
     return ((x >> 8) + 0.5) * (1.0 / (1 << 24))
