@@ -186,3 +186,21 @@ def test_host_work_per_step_follows_events_not_running_requests(tts, monkeypatch
     assert sum(r in plain_slots for r in reads) <= 2 * len(plain)  # read at the end, not every step
     streaming_reads = sum(r == chunked[0].state.slot for r in reads)
     assert streaming_reads <= 2 * chunks + 4 < steps  # about once per chunk
+
+
+def test_a_streaming_request_that_moves_rows_streams_its_solo_codes(tts):
+    """The short request in row 0 ends first and the streaming one, in the highest row, moves into its row
+    while a step is in flight; its chunks still join into exactly its solo codes, no frame twice or missing."""
+    requests = [_request(tts, 1, max_new_tokens=30), _request(tts, 0, max_new_tokens=60),
+                _request(tts, 2, max_new_tokens=120)]
+    alone = _alone(tts, _request(tts, 2, max_new_tokens=120))
+    engine = Engine(Dia1Generator(tts.model, max_batch=3))
+    first = engine.submit(requests[:2])
+    streaming = engine.submit(requests[2:], chunk_frames=5)[0]
+    chunks = []
+    while (event := streaming.events.get(timeout=60))[0] == "frames":
+        chunks.append(event[1])
+    assert event == ("done", None) and len(chunks) > 3
+    assert streaming.state.row == 0  # it moved down when the others left
+    assert torch.equal(torch.cat(chunks), alone)
+    assert all(_wait(s).shape[0] > 0 for s in first)
