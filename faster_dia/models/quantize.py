@@ -19,8 +19,9 @@ The kernels, chosen by measurement on CPU (bench/bench_quantize.py) and by what 
   ``torch._weight_int8pack_mm`` on bfloat16 activations (its float32 path is a slow reference loop). Elsewhere
   the weight is cast to the compute dtype inside the call and the row scales applied to the output: half the
   memory of bfloat16 at rest, no speed-up.
-* ``int8-dynamic`` (CPU): int8 weights, and each call's activations quantized on the fly, row by row;
-  ``torch._int_mm`` multiplies in int32: the fastest CPU mode.
+* ``int8-dynamic`` (CPU): int8 weights, and each call's activations quantized on the fly (one scale per call),
+  ``quantized::linear_dynamic`` (fbgemm / oneDNN, the kernel of ``torch.ao.quantization.quantize_dynamic``):
+  the fastest CPU mode.
 * ``int4``: 4-bit groups of 128 (or 64, 32 where the width needs it) with a bfloat16 scale and zero each,
   ``torch._weight_int4pack_mm`` (tinygemm) on CUDA, ``torch._weight_int4pack_mm_for_cpu`` on CPU; bfloat16
   activations.
@@ -33,6 +34,7 @@ int4 needs another package; bitsandbytes on CPU saves memory only.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -40,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InvalidInputError
-from ..loading import QUANTIZE_MODES
+from ..loading import QUANTIZE_MODES, cpu_flags
 
 #: Per family: the layer lists of the network and, in each layer, the 2-D weights used by ``F.linear`` that
 #: are quantized.
@@ -172,40 +174,47 @@ class Int8Weight(QuantizedWeight):
 
 
 class Int8DynamicWeight(QuantizedWeight):
-    """int8 weights with one scale per output row; each call quantizes every activation row to int8 with its own
-    scale and multiplies in int32 (``torch._int_mm``).
+    """int8 weights (one scale per output row) in the CPU quantized engine's packed layout; each call quantizes its
+    activations to 8 bits on the fly and multiplies in int8: ``quantized::linear_dynamic``, the kernel of
+    ``torch.ao.quantization.quantize_dynamic``.
 
-    Per-row activation scales keep a request's result independent of the other rows in the batch, as it is in
-    full precision, so a seed gives the same audio alone or among other requests. torch's dynamic quantized
-    linear (``quantized::linear_dynamic``, what ``torch.ao.quantization.quantize_dynamic`` runs) is about twice as
-    fast on the matrix product, but it quantizes the whole batch with one scale: a request's tokens would
-    depend on whoever else is being decoded."""
+    The kernel takes one activation scale per call, the largest magnitude among all the rows of the batch, so a
+    request's numbers (and, near a tie, its tokens) depend slightly on the requests decoded with it. Per-row
+    activation scales through ``torch._int_mm`` avoid that, but that product ran 2-4x slower than this kernel on
+    the benchmark's matrices at 2 and 8 rows, and a decode step with it no faster than float32."""
 
     mode = "int8-dynamic"
 
-    def __init__(self, shape, dtype, device, *, values_t: torch.Tensor, scale: torch.Tensor):
-        self.values_t = values_t  # int8 [in, out]: _int_mm's right operand
+    def __init__(self, shape, dtype, device, *, packed: object, scale: torch.Tensor, reduce_range: bool):
+        self.packed = packed  # the engine's packed weight (a script object holding its own int8 copy)
         self.scale = scale  # float32 [out]
+        # Without VNNI the x86 kernels add pairs of u8 x s8 products in int16, which saturates on full 8-bit
+        # activations; torch's own dynamic linear then quantizes activations to 7 bits, and so does this.
+        self.reduce_range = reduce_range
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int8DynamicWeight:
         w = weight.detach().float()
         scale = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        values = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)
-        return cls(weight.shape, weight.dtype, weight.device, values_t=values.t().contiguous(), scale=scale)
+        zero = torch.zeros(w.shape[0], dtype=torch.long)
+        with warnings.catch_warnings():  # quantized tensors are deprecated; their kernels are still the fastest
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(q, None)
+        flags = cpu_flags()
+        reduce_range = "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
+        return cls(weight.shape, weight.dtype, weight.device, packed=packed, scale=scale, reduce_range=reduce_range)
 
     def _matmul(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        x_scale = (xf.abs().amax(dim=1, keepdim=True) / 127).clamp(min=torch.finfo(torch.float32).tiny)
-        xq = torch.round(xf / x_scale).to(torch.int8)  # within -127..127 by the choice of scale
-        return (torch._int_mm(xq, self.values_t) * (x_scale * self.scale)).to(x.dtype)
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, self.reduce_range).to(x.dtype)
 
     def dequantize(self) -> torch.Tensor:
-        return self.values_t.t().float() * self.scale[:, None]
+        weight, _ = torch.ops.quantized.linear_unpack(self.packed)
+        return weight.dequantize()
 
     @property
     def stored_bytes(self) -> int:
-        return self.values_t.nbytes + self.scale.nbytes
+        return self.shape[0] * self.shape[1] + self.scale.nbytes  # the packed int8 values and the row scales
 
 
 class Int4Weight(QuantizedWeight):
