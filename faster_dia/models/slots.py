@@ -45,6 +45,7 @@ class SlotGenerator(Generic[S]):
         self._free = list(range(max_batch))
         self._states: dict[int, S] = {}  # by slot
         self._by_row: list[S | None] = [None] * max_batch
+        self._releases = 0  # requests released so far: a step launched before a release may see rows moved
         self._host_active = np.zeros(max_batch, dtype=bool)
         self._host_position = np.zeros(max_batch, dtype=np.int64)
         #: Host arrays indexed by row that move with a request (subclasses add theirs).
@@ -139,6 +140,7 @@ class SlotGenerator(Generic[S]):
         if self._states.get(state.slot) is not state:
             return
         del self._states[state.slot]
+        self._releases += 1
         state._released_at = state.position
         row = state.row
         self._host_active[row] = False

@@ -79,12 +79,14 @@ class SlotState(SlotStateBase):
 
 @dataclass
 class _InFlight:
-    """A launched step whose done flags are on their way to the host: the rows it stepped, by the request
-    in each row when it was launched."""
+    """A launched step whose done flags are on their way to the host: the rows it stepped, the request in
+    each row when it was launched, and the generator's release count then (no release since: rows unchanged)."""
 
     event: torch.cuda.Event | None
     flags: torch.Tensor
-    rows: list[tuple[int, SlotState]]
+    rows: np.ndarray
+    by_row: list[SlotState | None]
+    releases: int
 
 
 @dataclass(frozen=True)
@@ -331,13 +333,13 @@ class Dia1Generator(SlotGenerator[SlotState]):
         if running.size:
             shape = self._shape(running)
             self.runner.run(shape, lambda: self._device_step(shape))
-            launched = self._copy_done(shape.batch, [(int(row), self._by_row[row]) for row in running])
+            launched = self._copy_done(shape.batch, running)
             self._host_ahead[running] += 1
         finished = self._collect(self._in_flight) if self._in_flight is not None else []
         self._in_flight = launched
         return finished
 
-    def _copy_done(self, batch: int, rows: list[tuple[int, SlotState]]) -> _InFlight:
+    def _copy_done(self, batch: int, rows: np.ndarray) -> _InFlight:
         """Start the copy of a launched step's done flags to the host (the step's one device-to-host transfer)."""
         flags = self._done_host[self._launches % 2]  # two buffers: one being read while the next is written
         self._launches += 1
@@ -346,26 +348,37 @@ class Dia1Generator(SlotGenerator[SlotState]):
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        return _InFlight(event, flags, rows)
+        return _InFlight(event, flags, rows, self._by_row[:], self._releases)
 
     def _collect(self, step: _InFlight) -> list[SlotState]:
         """The results of an earlier launched step: positions advanced, requests that finished with it."""
         if step.event is not None:
             step.event.synchronize()
         done = step.flags.numpy()
-        finished = []
-        for launch_row, state in step.rows:
-            if state.finished or self._states.get(state.slot) is not state:
-                continue  # reported already (it ended at the step before: this one left its row as it was), or released
-            row = state.row  # a request may have moved to a lower row since the launch
-            self._host_ahead[row] -= 1
-            self._host_position[row] += 1
-            if done[launch_row]:
-                state.finished = True
-                state.end_position = state.position - self.config.max_delay
-                self._host_active[row] = False
-                finished.append(state)
-        return finished
+        if step.releases == self._releases:
+            # Nobody left since the launch, so every row holds the request it held then; the ones still
+            # active on the host are those that did not end at the step before (which left their rows as they
+            # were). No loop over running requests.
+            live = step.rows[self._host_active[step.rows]]
+            self._host_ahead[live] -= 1
+            self._host_position[live] += 1
+            ended = [(int(row), self._by_row[row]) for row in live[done[live]]]
+        else:
+            ended = []
+            for launch_row in step.rows:
+                state = step.by_row[launch_row]
+                if state.finished or self._states.get(state.slot) is not state:
+                    continue  # reported already (it ended at the step before, which this one left alone), or released
+                row = state.row  # it may have moved to a lower row since the launch
+                self._host_ahead[row] -= 1
+                self._host_position[row] += 1
+                if done[launch_row]:
+                    ended.append((row, state))
+        for row, state in ended:
+            state.finished = True
+            state.end_position = state.position - self.config.max_delay
+            self._host_active[row] = False
+        return [state for _, state in ended]
 
     def _shape(self, running: np.ndarray) -> StepShape:
         """The step shape for the running slots: exact, or rounded up to buckets when steps are replayed."""
