@@ -114,9 +114,6 @@ class SlotGenerator(Generic[S]):
         shapes = self.warmup_shapes() if runner.bucketed else []
         if not shapes:
             return 0, 0
-        # Recording ahead of traffic is the runner's prepare (a shape compiled where the mode compiles); a runner
-        # without it records on a shape's first run, which is the same for the modes that only capture.
-        prepare = getattr(runner, "prepare", runner.run)
         deadline = time.monotonic() + seconds
         recorded = 0
         from tqdm import tqdm
@@ -126,7 +123,8 @@ class SlotGenerator(Generic[S]):
             for shape in shapes:
                 if time.monotonic() >= deadline:
                     break
-                prepare(shape, lambda shape=shape: self._device_step(shape))
+                # Compiled where the mode compiles; after it, a shape first met while serving is never compiled.
+                runner.prepare(shape, lambda shape=shape: self._device_step(shape))
                 recorded += 1
                 bar.update()
         left = len(shapes) - recorded
