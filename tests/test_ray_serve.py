@@ -100,6 +100,21 @@ def pcm_bytes(max_new_tokens: int) -> int:
     return 2 * round((max_new_tokens - 16) * 512 * 24000 / 44100)
 
 
+def decoder_steps(url: str) -> dict[str, float]:
+    """Decoder steps run by each replica, from its /metrics (reached through the proxy until both answered)."""
+    steps: dict[str, float] = {}
+    deadline = time.monotonic() + WAIT
+    while len(steps) < 2:
+        assert time.monotonic() < deadline, steps
+        with ThreadPoolExecutor(4) as pool:
+            for text in pool.map(lambda _: httpx.get(f"{url}/metrics", timeout=WAIT).text, range(4)):
+                for line in text.splitlines():
+                    if line.startswith("faster_dia_decoder_steps_total{"):
+                        replica = line.split('replica="', 1)[1].split('"', 1)[0]
+                        steps[replica] = float(line.rsplit(" ", 1)[1])
+    return steps
+
+
 def test_concurrent_openai_requests_are_spread_over_both_replicas(cluster):
     client = OpenAI(base_url=cluster["url"] + "/v1", api_key="unused", max_retries=0, timeout=WAIT)
 
@@ -116,6 +131,9 @@ def test_concurrent_openai_requests_are_spread_over_both_replicas(cluster):
     assert len(replicas) == 2, results
     # 40 steps with the 15-step EOS tail: 24 frames of 512 samples, for every request, on either replica.
     assert {(n, rate) for _, n, rate in results} == {(24 * 512, 44100)}
+    # Routing did not defeat batching: 40 requests of 40 steps took far fewer than 40 × 40 decoder steps.
+    steps = decoder_steps(cluster["url"])
+    assert len(steps) == 2 and sum(steps.values()) <= 40 * 40 / 2, steps
     # The same seed gives the same audio whichever replica answers (each has its own engine and batch).
     with ThreadPoolExecutor(6) as pool:
         same = list(pool.map(lambda _: client.audio.speech.with_raw_response.create(
