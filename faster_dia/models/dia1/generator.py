@@ -299,9 +299,9 @@ class Dia1Generator(SlotGenerator[SlotState]):
         else:
             pair = torch.zeros(2, _text_width(request), dtype=torch.long, device=dev)
             mask = torch.zeros_like(pair, dtype=torch.bool)
-            for row, tokens in enumerate((request.text, request.negative_text)):
-                pair[row, : tokens.shape[0]] = tokens.to(dev)
-                mask[row, : tokens.shape[0]] = True
+            for branch, tokens in enumerate((request.text, request.negative_text)):
+                pair[branch, : tokens.shape[0]] = tokens.to(dev)
+                mask[branch, : tokens.shape[0]] = True
         self.model.fill_cross_cache(self.cache, rows, self.model.encode(pair, mask), mask)
 
         prompt = request.prompt if request.prompt is not None else torch.zeros(0, c.channels, dtype=torch.long)
