@@ -72,18 +72,20 @@ def step_rows(tts, args, device) -> list[dict]:
         states = [generator.prepare(request) for _ in range(running)]
         moves = []
         for state in states[:leave]:  # the low rows finish; the highest request stays
+            moving = dense and state.row < len(generator._states) - 1  # a release from the top moves nothing
             sync(device)
             start = time.perf_counter()
             generator.release(state)
             sync(device)
-            moves.append(time.perf_counter() - start)
+            if moving:
+                moves.append(time.perf_counter() - start)
         times = time_steps(generator, steps=args.steps, warmup=args.warmup, repeats=args.repeats, device=device)
         live = states[leave:]
         if any(s.finished for s in live):
             raise RuntimeError("a request finished inside the timed region; the timing is invalid")
         rows.append({"part": "step", "case": name, "slots": slots, "running": len(live),
                      "rows_stepped": int(live[-1].row) + 1, **_summary(times)})
-        if moves and dense:
+        if moves:
             rows.append({"part": "move", "case": "release with a move (highest request down)",
                          "slots": slots, "running": len(live), "rows_stepped": None, **_summary(moves)})
         for s in live:
