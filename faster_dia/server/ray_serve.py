@@ -73,6 +73,7 @@ class ServerOptions:
 
     @classmethod
     def from_args(cls, args: dict[str, Any]) -> ServerOptions:
+        """Checked options from a config file's ``args`` (a ``models`` entry may be just the model's name)."""
         known = set(inspect.signature(cls).parameters)
         unknown = sorted(set(args) - known)
         if unknown:
@@ -90,10 +91,6 @@ class ServerOptions:
         """The args of a config file: only what differs from the defaults, so the file stays readable."""
         defaults = ServerOptions(models=[])
         return {k: v for k, v in asdict(self).items() if k == "models" or v != getattr(defaults, k)}
-
-    def max_batch(self) -> int | None:
-        sizes = [m.get("options", {}).get("max_batch") for m in self.models]
-        return max(sizes) if all(sizes) else None
 
 
 def deployment_options(*, max_batch: int, replicas: int = 1, min_replicas: int | None = None,
@@ -277,7 +274,6 @@ class FasterDiaReplica:
     """One replica: its own models and engines, and the whole HTTP application around them."""
 
     def __init__(self, options: dict[str, Any]):
-        from .. import server  # noqa: F401  (fails early, in the replica's log, without the server extra)
         from .registry import ModelRegistry, ModelSpec
 
         self.options = ServerOptions.from_args(options)
