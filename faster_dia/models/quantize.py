@@ -79,6 +79,8 @@ def check_quantize(mode: str | None, device: torch.device, family: str) -> None:
                                 param="quantize")
     if mode == "int4" and device.type not in ("cpu", "cuda"):
         raise InvalidInputError(f"int4 runs on CUDA and CPU only, not on {device.type}.", param="quantize")
+    if mode == "int4" and device.type == "cpu" and not hasattr(torch, "_weight_int4pack_mm_for_cpu"):
+        raise InvalidInputError(f"int4 on CPU needs a newer torch than {torch.__version__}.", param="quantize")
     if mode == "int4" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
         raise InvalidInputError("int4 needs a CUDA GPU with compute capability >= 8.0.", param="quantize")
     if mode == "fp8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
