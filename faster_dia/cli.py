@@ -243,6 +243,10 @@ def _speak(args: argparse.Namespace) -> int:
 
     # One script meets a handful of step shapes: recording them all first would cost more than it saves.
     tts = load(model, **{**_load_options(args), "warmup": bool(args.warmup)})
+    if args.quantize is not None:
+        from .models.quantize import weight_bytes
+
+        print(f"weights quantized ({args.quantize}): {weight_bytes(tts.model) / 2**20:.0f} MiB", file=sys.stderr)
     if args.voice is not None:
         from .voices import VoiceLibrary
 

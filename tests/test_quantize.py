@@ -8,6 +8,8 @@ random models measure, and a scale that is 10% off breaks them. Logit errors are
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -263,3 +265,15 @@ def test_bfloat16_is_the_cpu_default_where_the_cpu_has_it(monkeypatch):
     monkeypatch.setattr(loading, "cpu_flags", lambda: frozenset({"avx512f", "avx512_vnni"}))
     assert pick_dtype(None, cpu) == torch.float32
     assert pick_dtype(None, cuda) == torch.bfloat16 and pick_dtype("float32", cpu) == torch.float32
+
+
+def test_the_command_line_quantizes_and_says_how_much_the_weights_hold(dirs, tmp_path):
+    from test_cli import run_cli
+
+    out = tmp_path / "out.wav"
+    result = run_cli("speak", "[S1] Hello there.", "-o", str(out), "--max-new-tokens", "30", "--no-progress",
+                     "--model", str(dirs["dia"]), "--codec", str(dirs["dac"]), "--device", "cpu",
+                     "--quantize", "int8-dynamic")
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^weights quantized \(int8-dynamic\): \d+ MiB$", result.stderr, re.M), result.stderr
+    assert out.stat().st_size > 44
