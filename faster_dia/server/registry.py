@@ -93,7 +93,9 @@ class HostedModel:
     def weight_bytes(self) -> int | None:
         """The loaded network's weight bytes (quantized weights as stored); None when not loaded."""
         network = getattr(self.tts, "model", None)
-        if network is None:
+        from torch import nn
+
+        if not isinstance(network, nn.Module):  # not loaded, or a network that is not a module (Voxtral's)
             return None
         from ..models.quantize import weight_bytes
 
