@@ -14,8 +14,9 @@ those counts beside the new ones.
     python bench/bench_ops.py --speed                           # and CPU steps/s per step mode (tiny models)
 
 ``--speed`` also times the tiny checkpoints' steps on this machine's CPU, one thread, in the eager, trace and
-compiled step modes (the whole ``generator.step()``, host part included), with the time the first compiled step
-took (the compile), so that whether inductor helps a CPU step is measured, not assumed.
+compiled step modes (the whole ``generator.step()``, host part included; the modes take turns repeat by repeat),
+with the time the first compiled step took (the compile), so that whether inductor helps a CPU step is measured,
+not assumed. The trace mode replays operators from Python: its time says nothing about a GPU.
 """
 
 from __future__ import annotations
@@ -161,33 +162,37 @@ def _speed_generators(root: Path):
 
 
 def speed(root: Path, steps: int, repeats: int) -> dict:
-    """Steps per second of the tiny models per step mode, batch 1 and 4, one thread."""
+    """Steps per second of the tiny models per step mode, batch 1 and 4, one thread. The modes take turns repeat
+    by repeat, so that on a shared machine they see the same background load."""
     torch.set_num_threads(1)
     results = {}
+    modes = (EAGER, TRACE, COMPILED)
     for name, (cls, model, request) in _speed_generators(root).items():
         for batch in (1, 4):
-            for mode in (EAGER, TRACE, COMPILED):
-                generator = cls(model, max_batch=batch, step_mode=mode)
-                times, first = [], None
-                for repeat in range(repeats + 1):  # the first round is untimed: it records the step shapes
+            generators = {mode: cls(model, max_batch=batch, step_mode=mode) for mode in modes}
+            times: dict[str, list[float]] = {mode: [] for mode in modes}
+            first: dict[str, float] = {}
+            for repeat in range(repeats + 1):  # the first round is untimed: it records the step shapes
+                for mode, generator in generators.items():
                     states = [generator.prepare(request(i)) for i in range(batch)]
                     start = time.perf_counter()
                     generator.step()
-                    first = first or time.perf_counter() - start
+                    first.setdefault(mode, time.perf_counter() - start)
                     for _ in range(2):
                         generator.step()
                     start = time.perf_counter()
                     for _ in range(steps):
                         generator.step()
                     if repeat:
-                        times.append((time.perf_counter() - start) / steps * 1000)
+                        times[mode].append((time.perf_counter() - start) / steps * 1000)
                     for state in states:
                         generator.release(state)
-                row = {"min_ms": min(times), "median_ms": statistics.median(times),
-                       "steps_per_s": 1000 / statistics.median(times), "first_step_s": first}
+            for mode in modes:
+                row = {"min_ms": min(times[mode]), "median_ms": statistics.median(times[mode]),
+                       "steps_per_s": 1000 / statistics.median(times[mode]), "first_step_s": first[mode]}
                 results[f"{name}-b{batch}-{mode}"] = row
                 print(f"{name} batch {batch} {mode}: {row['median_ms']:.2f} ms/step (min {row['min_ms']:.2f}), "
-                      f"first step {first:.1f} s", file=sys.stderr)
+                      f"first step {first[mode]:.1f} s", file=sys.stderr)
     return results
 
 
