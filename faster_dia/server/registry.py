@@ -69,7 +69,7 @@ class HostedModel:
     def state(self) -> str:
         if self.tts is not None:
             return "loaded"
-        if self._lock is not None and self._lock.locked():
+        if self.loading:
             return "loading"
         return "failed" if self.error else "unloaded"
 
@@ -122,6 +122,11 @@ class HostedModel:
         self.load_seconds = time.perf_counter() - started
         log.info("loaded model %s (%s) in %.1f s", self.id, self.family, self.load_seconds)
 
+    @property
+    def loading(self) -> bool:
+        """A load is under way: what it publishes belongs to the caller waiting for it, not to the idle timer."""
+        return self._lock is not None and self._lock.locked()
+
     async def get(self) -> Any:
         """The loaded model, loading it first (in a worker thread) if needed; concurrent callers wait for the
         one load."""
@@ -132,8 +137,9 @@ class HostedModel:
         async with self._lock:
             if self.tts is None:
                 await anyio.to_thread.run_sync(self.load_now)
-        # Just loaded counts as just used: the idle timer must not take it from the caller about to use it.
-        self.last_used = time.monotonic()
+            # Just loaded counts as just used: the idle timer must not take it from the caller about to use it
+            # (set before the lock is released; the timer skips a model while its load holds the lock).
+            self.last_used = time.monotonic()
         return self.tts
 
     def detach(self) -> Any:
@@ -246,7 +252,7 @@ class ModelRegistry:
             await asyncio.sleep(min(self.idle_unload / 4, 5.0))
             now = time.monotonic()
             for model in self.models:
-                if (model.tts is not None and model.reloadable and model.active == 0
+                if (model.tts is not None and model.reloadable and model.active == 0 and not model.loading
                         and now - model.last_used >= self.idle_unload):
                     await anyio.to_thread.run_sync(model.free, model.detach())
 
