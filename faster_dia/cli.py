@@ -37,6 +37,9 @@ def _add_model_options(p: argparse.ArgumentParser, *, several: bool = False) -> 
                    help="requests decoded together (default: on CUDA what half the free GPU memory holds, up to 64; 4 elsewhere)")
     p.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False, default=None,
                    help="run decode steps eagerly on CUDA instead of replaying them as CUDA graphs")
+    p.add_argument("--compile", action="store_true", default=None,
+                   help="compile each decode step shape with torch.compile (fewer, fused kernels; seconds to "
+                        "minutes of compiling per shape, best with --warmup; default: FASTER_DIA_COMPILE)")
     p.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
                    help="record the common decode step shapes (CUDA graphs) while loading, at most 120 s "
                         "(default: on with CUDA graphs for serve and ui; off for speak and on a CPU)")
@@ -212,7 +215,8 @@ def _read_script(args: argparse.Namespace) -> str:
 
 def _load_options(args: argparse.Namespace) -> dict:
     return dict(device=args.device, dtype=args.dtype, codec=args.codec, revision=args.revision,
-                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs, quantize=args.quantize, warmup=args.warmup)
+                max_batch=args.max_batch, cuda_graphs=args.cuda_graphs, quantize=args.quantize, warmup=args.warmup,
+                compile=args.compile)
 
 
 def _speak(args: argparse.Namespace) -> int:
@@ -232,7 +236,7 @@ def _speak(args: argparse.Namespace) -> int:
         raise FasterDiaError(f"Cannot write {args.output}: the directory {args.output.parent} does not exist.")
     model = args.model or DEFAULT_MODEL
     check_load_options(**{k: v for k, v in _load_options(args).items()
-                          if k in ("dtype", "max_batch", "cuda_graphs", "quantize")})
+                          if k in ("dtype", "max_batch", "cuda_graphs", "quantize", "compile")})
     config, source = read_config(model, args.revision)
     family = family_of(config, source).FAMILY
     options = _speak_options(args, family)
@@ -344,7 +348,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise FasterDiaError(f"--allow-file-dir {args.allow_file_dir} is not a directory.")
     options = {**_load_options(args), "max_queue": args.max_queue}
     check_load_options(**{k: v for k, v in options.items()
-                          if k in ("dtype", "max_batch", "max_queue", "cuda_graphs", "quantize")})
+                          if k in ("dtype", "max_batch", "max_queue", "cuda_graphs", "quantize", "compile")})
     keys = [k for k in args.api_key if k.strip()]
     keys += [k.strip() for k in os.environ.get("FASTER_DIA_API_KEYS", "").split(",") if k.strip()]
     logging.getLogger("faster_dia").setLevel(logging.DEBUG if args.verbose else logging.INFO)
@@ -441,7 +445,7 @@ def _ray_config(args: argparse.Namespace) -> int:
     from .loading import DEFAULT_MODEL, check_load_options
 
     options = _load_options(args)
-    check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "cuda_graphs", "quantize")})
+    check_load_options(**{k: v for k, v in options.items() if k in ("dtype", "max_batch", "cuda_graphs", "quantize", "compile")})
     if not 1 <= args.port <= 65535:
         raise FasterDiaError(f"--port must be between 1 and 65535, got {args.port}.")
     models = args.model or [DEFAULT_MODEL]

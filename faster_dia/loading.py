@@ -159,7 +159,7 @@ def default_max_batch(device: torch.device, per_request_bytes: int) -> int:
 
 def check_load_options(*, dtype: Any = None, max_batch: Any = None, max_queue: Any = None,
                        cuda_graphs: Any = None, quantize: Any = None, warmup: Any = None,
-                       warmup_seconds: Any = 120.0) -> None:
+                       warmup_seconds: Any = 120.0, compile: Any = None) -> None:
     """The checks of ``load``'s options that need neither torch nor the model, for callers (the command line,
     the server) that want to refuse bad options before loading anything."""
     check_dtype_name(dtype)
@@ -172,6 +172,8 @@ def check_load_options(*, dtype: Any = None, max_batch: Any = None, max_queue: A
         raise InvalidInputError(f"max_batch must be a positive integer, got {max_batch!r}.", param="max_batch")
     if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 0):
         raise InvalidInputError(f"max_queue must be 0 or a positive integer, got {max_queue!r}.", param="max_queue")
+    if compile is not None and not isinstance(compile, bool):
+        raise InvalidInputError(f"compile must be True, False or None, got {compile!r}.", param="compile")
     if warmup is not None and not isinstance(warmup, bool):
         raise InvalidInputError(f"warmup must be True, False or None, got {warmup!r}.", param="warmup")
     if isinstance(warmup_seconds, bool) or not isinstance(warmup_seconds, int | float) or not warmup_seconds >= 0:
@@ -195,6 +197,7 @@ def load(
     quantize: str | None = None,
     warmup: bool | None = None,
     warmup_seconds: float = 120.0,
+    compile: bool | None = None,
 ) -> SpeechModel:
     """Load a Dia checkpoint (Hub id or local directory) and its codec, ready to generate. The family is read
     from config.json: Dia-1.6B checkpoints use the DAC codec (default ``descript/dac_44khz``), Dia2
@@ -216,9 +219,13 @@ def load(
 
     ``warmup`` records the common decode step shapes (CUDA graphs) at load, with a progress bar, so that the
     first requests do not wait for captures; at most ``warmup_seconds``, the rest is recorded on first use.
-    Default: on where steps are replayed on CUDA, off elsewhere."""
+    Default: on where steps are replayed on CUDA, off elsewhere.
+
+    ``compile`` compiles each recorded decode step shape with ``torch.compile`` (inductor; on CUDA the compiled
+    step is then captured as a CUDA graph): fewer, fused kernels, at seconds to minutes of compiling per shape
+    (see ``faster_dia.models.graphs``). Default: the ``FASTER_DIA_COMPILE`` environment variable, off when unset."""
     check_load_options(dtype=dtype, max_batch=max_batch, max_queue=max_queue, cuda_graphs=cuda_graphs,
-                       quantize=quantize, warmup=warmup, warmup_seconds=warmup_seconds)
+                       quantize=quantize, warmup=warmup, warmup_seconds=warmup_seconds, compile=compile)
     config, source = read_config(model, revision)
     family = family_of(config, source)
 
@@ -234,7 +241,7 @@ def load(
         check_quantize(quantize, dev, family.FAMILY)
     tts = family.load(model, revision=revision, device=dev, dtype=pick_dtype(dtype, dev), codec=codec,
                       codec_revision=codec_revision, max_batch=max_batch, max_queue=max_queue,
-                      step_mode=resolve_mode(dev, cuda_graphs))
+                      step_mode=resolve_mode(dev, cuda_graphs, compile))
     tts.model_id = public_id(model)
     tts.quantize = quantize
     if quantize is not None:

@@ -251,6 +251,27 @@ def test_compiling_is_chosen_by_name_or_by_the_environment(monkeypatch):
         resolve_mode(torch.device("cpu"), None)
 
 
+def test_load_and_the_command_line_choose_the_compiled_step(tiny_dirs, monkeypatch):
+    """``load(compile=True)`` (``--compile``) gives the engine a compiling step runner; nothing is compiled until a
+    step runs. A compile option that is not a bool is refused before anything loads."""
+    import faster_dia
+    from faster_dia.cli import build_parser
+    from faster_dia.errors import InvalidInputError
+    from faster_dia.loading import check_load_options
+
+    monkeypatch.delenv(graphs.COMPILE_ENV, raising=False)
+    compiled = faster_dia.load(tiny_dirs["dia-1.6b-0626"], codec=tiny_dirs["dac"], device="cpu", compile=True)
+    try:
+        runner = compiled.engine.generator.runner
+        assert runner.mode == COMPILED and runner.recorded_shapes == 0
+    finally:
+        compiled.close()
+    with pytest.raises(InvalidInputError, match="compile must be True, False or None"):
+        check_load_options(compile="yes")
+    assert build_parser().parse_args(["serve", "--compile"]).compile is True
+    assert build_parser().parse_args(["serve"]).compile is None
+
+
 def test_a_compiled_step_gives_the_eager_tokens(tts):
     """Inductor (C++ on this machine) compiles the Dia-1.6B step once for its bucketed shape (one request, so one
     shape and one compile: the compile is what takes the time); the sampled request run through it gets exactly
