@@ -111,11 +111,13 @@ def _distance(full, tts, codes: torch.Tensor) -> tuple[float, float]:
     """Both models read the generated ``codes`` teacher-forced: the worst per-step logit error over the logit RMS,
     and the top-1 agreement."""
     c = tts.model.config
+    device = next(full.model.parameters()).device
+    codes = codes.to(device)
     tokens = delayed_prompt(codes, c.delay_pattern, c.bos_token_id)[: len(codes) + 1][None]
     request = full._request(SCRIPT, seed=1, audio_prompt=None, audio_prompt_transcript=None,
                             audio_prompt_sample_rate=None, temperature=0.0, top_p=1.0, top_k=45, cfg_scale=3.0,
                             max_new_tokens=100)
-    text = request.text[None]
+    text = request.text[None].to(device)
     mask = torch.ones_like(text, dtype=torch.bool)
     reference, got = full.model(text, mask, tokens), tts.model(text, mask, tokens)
     per_step = (got - reference).abs().amax(dim=(0, 2, 3)) / reference.pow(2).mean().sqrt()
@@ -277,3 +279,26 @@ def test_the_command_line_quantizes_and_says_how_much_the_weights_hold(dirs, tmp
     assert result.returncode == 0, result.stderr
     assert re.search(r"^weights quantized \(int8-dynamic\): \d+ MiB$", result.stderr, re.M), result.stderr
     assert out.stat().st_size > 44
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("mode", ["int8", "int4", "fp8"])
+def test_quantized_weights_on_cuda_stay_within_the_bounds_of_full_precision(dirs, mode):
+    """The CUDA kernels (int8 weights cast per call, tinygemm int4, fp8 through torch._scaled_mm) against float32
+    on the same GPU, with the CPU modes' bounds."""
+    if mode == "fp8" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs compute capability 8.9 or higher")
+    full = faster_dia.load(dirs["dia"], codec=dirs["dac"], device="cuda", dtype="float32")
+    tts = faster_dia.load(dirs["dia"], codec=dirs["dac"], device="cuda", dtype="float32", quantize=mode)
+    try:
+        speech = tts.generate(SCRIPT, seed=1, temperature=0.0, max_new_tokens=100)
+        worst, agreement = _distance(full, tts, torch.as_tensor(speech.codes))
+        _, logit_bound, agreement_bound = BOUNDS[mode]
+        assert worst < logit_bound and agreement > agreement_bound
+        assert q.weight_bytes(tts.model) < q.weight_bytes(full.model)
+    finally:
+        tts.close()
+        full.close()
