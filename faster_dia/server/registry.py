@@ -122,6 +122,16 @@ class HostedModel:
         self.load_seconds = time.perf_counter() - started
         log.info("loaded model %s (%s) in %.1f s", self.id, self.family, self.load_seconds)
 
+    def acquire(self) -> None:
+        """A request starts using the model: the idle timer leaves it alone until the matching release."""
+        self.active += 1
+        self.last_used = time.monotonic()
+
+    def release(self) -> None:
+        """A request is done with the model; its idle time counts from now."""
+        self.active -= 1
+        self.last_used = time.monotonic()
+
     @property
     def loading(self) -> bool:
         """A load is under way: what it publishes belongs to the caller waiting for it, not to the idle timer."""

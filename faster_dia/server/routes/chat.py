@@ -112,8 +112,7 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest):
         messages, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p, seed=seed, stop=body.stop))
     completion_id = "chatcmpl-" + secrets.token_hex(12)
     created = int(time.time())
-    hosted.active += 1
-    hosted.last_used = time.monotonic()
+    hosted.acquire()
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         events = _sse(model.astream_prepared(prepared), hosted, completion_id, created, include_usage, request_id,
@@ -125,8 +124,7 @@ async def create_chat_completion(request: Request, body: ChatCompletionRequest):
         async for item in model.astream_prepared(prepared):
             result = item
     finally:
-        hosted.active -= 1
-        hosted.last_used = time.monotonic()
+        hosted.release()
     _log_line(request_id, hosted.id, "ok", started, result.completion_tokens)
     completion = ChatCompletion(
         id=completion_id, created=created, model=hosted.id,
@@ -171,8 +169,7 @@ async def _sse(items: AsyncIterator[Any], hosted: Any, completion_id: str, creat
         log.error("request %s failed while streaming a chat completion", request_id, exc_info=exc)
         yield f"data: {json.dumps(error_body(f'Generation failed (request id {request_id}).', 'server_error'))}\n\n".encode()
     finally:
-        hosted.active -= 1
-        hosted.last_used = time.monotonic()
+        hosted.release()
         await items.aclose()
         _log_line(request_id, hosted.id, status, started, tokens)
 

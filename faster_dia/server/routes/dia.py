@@ -173,7 +173,7 @@ async def dia(request: Request) -> Response:
     options = body.options(tts, state.default_seed)
     type(tts).check_options(options)
     references: list[Any] = []
-    hosted_model.active += 1
+    hosted_model.acquire()
     try:
         audio = body.input_audio
         if isinstance(audio, UploadFile):
@@ -193,8 +193,7 @@ async def dia(request: Request) -> Response:
         pcm = await in_output_pool(change_speed, speech.audio, speech.sample_rate, body.speed)
         data = await in_output_pool(encode_output, pcm, speech.sample_rate, spec)
     finally:
-        hosted_model.active -= 1
-        hosted_model.last_used = time.monotonic()
+        hosted_model.release()
         hosted.discard(references)
     log.info("dia %s ok model=%s audio=%.2fs total=%.3fs", request_id_of(request), hosted_model.id,
              len(pcm) / speech.sample_rate, time.perf_counter() - started)

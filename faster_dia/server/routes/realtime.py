@@ -150,11 +150,11 @@ class _Session:
         options.update({k: v for k, v in self.state.checked_voices(named).items() if k in defaults})
         if fields.continuity is not None:
             options["continuity"] = fields.continuity
-        self.hosted.active += 1
+        self.hosted.acquire()
         try:
             self.stream = await in_output_pool(partial(tts.aopen_text_stream, **self.state.chunking(), **options))
         except BaseException:
-            self.hosted.active -= 1
+            self.hosted.release()
             self.hosted = None
             raise
         self.output = AudioOutput(fmt, tts.sample_rate)
@@ -256,5 +256,5 @@ class _Session:
             self.output.abandon()  # nothing to release when it was closed cleanly
             self.stream = None
         if self.hosted is not None:
-            self.hosted.active -= 1
+            self.hosted.release()
             self.hosted = None

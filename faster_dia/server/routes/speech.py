@@ -112,12 +112,12 @@ class SpeechRun:
             # A family that takes no voices ignores them, as it ignores other fields that do not apply to it.
             voices = {k: v for k, v in state.checked_voices(body.voice_fields()).items() if k in tts.option_defaults()}
             options = {**tts.openai_options(fields), **voices}
-            hosted.active += 1
+            hosted.acquire()
             try:
                 # Preparing a request may encode a voice clip or transcribe one: not on the event loop.
                 stream = await in_output_pool(partial(tts.astream, body.input, **state.chunking(), **options))
             except BaseException:
-                hosted.active -= 1
+                hosted.release()
                 raise
         except FasterDiaError as exc:
             _log_line(request_id, body.model or "default", f"error {exc.http_status}", started)
@@ -150,8 +150,7 @@ class SpeechRun:
         await self.stream.aclose()
         if not self._done:
             self.output.abandon()
-        self.hosted.active -= 1
-        self.hosted.last_used = time.monotonic()
+        self.hosted.release()
         total = time.perf_counter() - self.started
         first = None if self.first_byte is None else self.first_byte - self.started
         if status == "ok":

@@ -421,7 +421,7 @@ async def _audio_inference(call: _Call, element: dict) -> tuple[list[dict], list
         call.hosted.discard(references)
         raise TaskError("duplicateTaskUUID", f"taskUUID {task_uuid} was used already; every task needs a new one.",
                         "taskUUID", type_="conflict")
-    hosted_model.active += 1
+    hosted_model.acquire()
     job = call.hosted.spawn(_run(call, task, hosted_model, tts, options, output, references))
     if task.asynchronous:
         return [{"taskType": "audioInference", "taskUUID": task_uuid}], []
@@ -450,8 +450,7 @@ async def _run(call: _Call, task: AudioTask, hosted_model: Any, tts: Any, option
         log.exception("request %s: task %s failed", call.request_id, task.task_uuid)
         failure = TaskError("serverError", INTERNAL_MESSAGE.format(request_id=call.request_id), type_="serverError")
     finally:
-        hosted_model.active -= 1
-        hosted_model.last_used = time.monotonic()
+        hosted_model.release()
         call.hosted.discard(references)
     for index in range(task.number_results):
         if index not in done and failure is not None:

@@ -362,8 +362,7 @@ async def _run_voxtral(request: Request, hosted: Any, *, file: UploadFile | None
     prepared = await anyio.to_thread.run_sync(functools.partial(
         model.prepare_transcription, data, language=language or None, temperature=temperature))
     duration = prepared.audio_seconds
-    hosted.active += 1
-    hosted.last_used = time.monotonic()
+    hosted.acquire()
     if stream:
         return StreamingResponse(_voxtral_sse(model.astream_prepared(prepared), hosted, request_id, duration, started),
                                  media_type="text/event-stream",
@@ -373,8 +372,7 @@ async def _run_voxtral(request: Request, hosted: Any, *, file: UploadFile | None
         async for item in model.astream_prepared(prepared):
             result = item
     finally:
-        hosted.active -= 1
-        hosted.last_used = time.monotonic()
+        hosted.release()
     text = result.text.strip()
     _log_line(request_id, "transcribe", hosted.id, duration, started)
     segment = Segment(id=0, start=0.0, end=round(duration, 3), text=" " + text, words=[], avg_logprob=0.0,
@@ -406,7 +404,6 @@ async def _voxtral_sse(items: AsyncIterator[Any], hosted: Any, request_id: str, 
         yield event({"type": "transcript.text.error",
                      **error_body(f"Transcription failed (request id {request_id}).", "server_error")})
     finally:
-        hosted.active -= 1
-        hosted.last_used = time.monotonic()
+        hosted.release()
         await items.aclose()
         _log_line(request_id, "transcribe", hosted.id, duration, started, status)
